@@ -1,0 +1,193 @@
+"""Settings for a distillation run: one dataclass, YAML load/save, validation with clear errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+META_UPDATES = ("none", "lora", "full")
+META_GRADS = ("higher",)
+PILOTS = ("restore", "reuse")
+OPTIMIZERS = ("adamw", "sgd")
+PILOT_OPTIMIZERS = ("sgd", "adam")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+@dataclass
+class DistillConfig:
+    """Everything that defines a learning-to-teach distillation run.
+
+    The inner (distillation) loss is
+    ``alpha * T^2 * KL(softmax(z_T/T) || softmax(z_S/T)) + (1 - alpha) * CE(z_S, y)
+    + feature_weight * L_feat``.
+    """
+
+    meta_update: str = "lora"
+    """What the quiz loss updates in the teacher: "lora" (adapters only), "full" (every weight),
+    or "none" (plain KD, frozen teacher, no pilot and no quiz)."""
+    meta_grad: str = "higher"
+    """Backend that computes the meta-gradient through the pilot step."""
+    temperature: float = 2.0
+    """Softmax temperature T of the soft term (> 0)."""
+    alpha: float = 0.5
+    """Weight of the soft (KL) term; 1 - alpha weighs the hard-label cross-entropy."""
+    pilot_lr: float = 1e-3
+    """Step size of the differentiable pilot student step."""
+    pilot_optimizer: str = "sgd"
+    """Update rule of the pilot step: "sgd" (theta' = theta - pilot_lr * grad) or "adam"
+    (a fresh differentiable Adam with lr = pilot_lr; "higher" backend only)."""
+    unroll_steps: int = 1
+    """Pilot steps unrolled on the training batch before the quiz loss."""
+    pilot: str = "restore"
+    """Real student step after the teacher update: "restore" recomputes the teacher outputs with
+    the updated teacher and steps on L_in; "reuse" steps on the pilot's gradient (no second
+    teacher forward)."""
+    meta_every: int = 1
+    """Run a meta-step every k steps; plain KD steps in between."""
+    student_optimizer: str = "adamw"
+    teacher_optimizer: str = "adamw"
+    student_lr: float = 5e-5
+    teacher_lr: float = 1e-4
+    weight_decay: float = 0.0
+    """Weight decay of both optimizers (AdamW's decoupled decay; SGD's L2 term)."""
+    teacher_grad_clip: float | None = 1.0
+    """Clip the teacher's meta-gradient to this global norm; None disables clipping."""
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    """Dropout on the adapters' input. The teacher's soft-label passes run in eval mode, so this
+    has effect only in passes that run in train mode."""
+    lora_target_modules: list[str] | None = None
+    """Module names that get LoRA adapters; None picks defaults for the architecture
+    (peft's table, e.g. query/value for BERT, c_attn for GPT-2, else every Linear but the head)."""
+    feature_layers: dict[int, int] | None = None
+    """Hidden-state distillation map: student layer -> teacher layer (0 = embeddings output,
+    i = output of block i). None or empty disables the feature loss."""
+    feature_weight: float = 0.0
+    """Weight of the mean-squared hidden-state loss over the mapped layers."""
+    quiz_fraction: float = 0.1
+    """Share of the training data carved out (deterministically, by seed) as the quiz split."""
+    batch_size: int = 32
+    quiz_batch_size: int | None = None
+    """Quiz batch size; None uses batch_size."""
+    eval_batch_size: int = 64
+    epochs: int = 1
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (overrides epochs when reached first)."""
+    eval_every: int | None = None
+    """Evaluate on eval_data every k steps during fit (None: only at the end)."""
+    max_length: int = 128
+    seed: int = 0
+    progress: bool = True
+    """Show tqdm progress bars."""
+
+    def __post_init__(self) -> None:
+        if self.feature_layers is not None:
+            self.feature_layers = {int(k): int(v) for k, v in dict(self.feature_layers).items()}
+        if self.lora_target_modules is not None:
+            self.lora_target_modules = list(self.lora_target_modules)
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise ConfigError naming the first invalid field."""
+        _choice("meta_update", self.meta_update, META_UPDATES)
+        _choice("meta_grad", self.meta_grad, META_GRADS)
+        _choice("pilot", self.pilot, PILOTS)
+        _choice("pilot_optimizer", self.pilot_optimizer, PILOT_OPTIMIZERS)
+        _choice("student_optimizer", self.student_optimizer, OPTIMIZERS)
+        _choice("teacher_optimizer", self.teacher_optimizer, OPTIMIZERS)
+        _positive("temperature", self.temperature)
+        _positive("pilot_lr", self.pilot_lr)
+        _positive("student_lr", self.student_lr)
+        _positive("teacher_lr", self.teacher_lr)
+        _non_negative("weight_decay", self.weight_decay)
+        _non_negative("feature_weight", self.feature_weight)
+        if not (_is_number(self.alpha) and 0.0 <= self.alpha <= 1.0):
+            raise ConfigError(f"alpha must be in [0, 1], got {self.alpha!r}")
+        if not (_is_number(self.lora_dropout) and 0.0 <= self.lora_dropout < 1.0):
+            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        if not (_is_number(self.quiz_fraction) and 0.0 < self.quiz_fraction < 1.0):
+            raise ConfigError(f"quiz_fraction must be in (0, 1), got {self.quiz_fraction!r}")
+        if self.teacher_grad_clip is not None:
+            _positive("teacher_grad_clip", self.teacher_grad_clip)
+        for name in ("unroll_steps", "meta_every", "batch_size", "eval_batch_size", "epochs",
+                     "lora_r", "lora_alpha", "max_length"):
+            _positive_int(name, getattr(self, name))
+        for name in ("max_steps", "quiz_batch_size", "eval_every"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        if self.feature_layers:
+            for s, t in self.feature_layers.items():
+                if s < 0 or t < 0:
+                    raise ConfigError(f"feature_layers indices must be >= 0, got {s} -> {t}")
+            if self.feature_weight == 0.0:
+                raise ConfigError("feature_layers is set but feature_weight is 0; set feature_weight > 0")
+        if self.pilot_optimizer == "adam" and self.meta_grad != "higher":
+            raise ConfigError("pilot_optimizer='adam' needs meta_grad='higher'")
+
+    # ------------------------------------------------------------------ YAML
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "DistillConfig":
+        """Build from a mapping; unknown keys are an error with a did-you-mean."""
+        known = [f.name for f in fields(cls)]
+        for key in values:
+            if key not in known:
+                hint = difflib.get_close_matches(key, known, n=1)
+                extra = f"; did you mean {hint[0]!r}?" if hint else ""
+                raise ConfigError(f"unknown config key {key!r}{extra}")
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "DistillConfig":
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+        # A file may hold the distillation settings at top level or under a 'distill' key.
+        data = data.get("distill", data)
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> "DistillConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+
+
+def _positive(name: str, value: Any) -> None:
+    if not (_is_number(value) and value > 0):
+        raise ConfigError(f"{name} must be a positive number, got {value!r}")
+
+
+def _non_negative(name: str, value: Any) -> None:
+    if not (_is_number(value) and value >= 0):
+        raise ConfigError(f"{name} must be >= 0, got {value!r}")
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+

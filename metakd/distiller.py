@@ -1,0 +1,276 @@
+"""MetaDistiller: plain KD, or learning to teach with a LoRA or full teacher meta-update."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from . import data as data_mod
+from .config import DistillConfig
+from .evaluate import evaluate_classifier
+from .forward import Outputs, blocks_path, model_inputs, run
+from .metagrad import MetaProblem, meta_gradient
+from .models import (ModelError, attach_lora, count_parameters, find_layer_list, has_lora, meta_parameters,
+                     use_eager_attention)
+from .objective import DistillStudent, Objective
+
+log = logging.getLogger(__name__)
+
+
+def make_optimizer(name: str, params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _num_labels(model: nn.Module) -> int | None:
+    return getattr(getattr(model, "config", None), "num_labels", None)
+
+
+def _hidden_width(model: nn.Module) -> int | None:
+    return getattr(getattr(model, "config", None), "hidden_size", None)
+
+
+class MetaDistiller:
+    """Distil ``teacher`` into ``student`` with a teacher that learns to teach.
+
+    ``teacher`` and ``student`` are Hugging Face models (or any ``nn.Module`` whose output has
+    ``.logits``). In ``meta_update="lora"`` mode the teacher gets LoRA adapters (unless it has
+    some already) and only those receive the meta-gradient; ``"full"`` trains every teacher
+    weight; ``"none"`` is plain KD with a frozen teacher. ``d.teacher`` and ``d.student`` are the
+    live models.
+    """
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, config: DistillConfig | None = None,
+                 device: str | torch.device | None = None):
+        self.config = cfg = config or DistillConfig()
+        cfg.validate()
+        self.device = torch.device(device) if device is not None else next(student.parameters()).device
+        t_labels, s_labels = _num_labels(teacher), _num_labels(student)
+        if t_labels is not None and s_labels is not None and t_labels != s_labels:
+            raise ModelError(f"teacher has {t_labels} labels but the student has {s_labels}")
+        self.num_labels = s_labels or t_labels
+
+        if cfg.meta_update == "lora" and not has_lora(teacher):
+            teacher = attach_lora(teacher, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+        self.teacher = teacher.to(self.device)
+        self.phi = meta_parameters(self.teacher, cfg.meta_update)
+        if cfg.meta_update != "none" and cfg.meta_grad == "higher":
+            use_eager_attention(student)  # fused SDPA kernels have no double backward
+
+        feature_layers = cfg.feature_layers or {}
+        self._check_feature_layers(teacher, student, feature_layers)
+        t_width, s_width = _hidden_width(self.teacher), _hidden_width(student)
+        self._student = DistillStudent(
+            student.to(self.device), feature_layers,
+            teacher_widths={t: t_width for t in feature_layers.values()} if t_width else None,
+            student_widths={s: s_width for s in feature_layers} if s_width else None,
+        ).to(self.device)
+        self.teacher_blocks = blocks_path(self.teacher) if feature_layers else None
+        self.objective = Objective(cfg.temperature, cfg.alpha, feature_layers, cfg.feature_weight)
+
+        self.student_params = [p for p in self._student.parameters() if p.requires_grad]
+        if not self.student_params:
+            raise ModelError("the student has no trainable parameters")
+        self.student_optimizer = make_optimizer(cfg.student_optimizer, self.student_params, cfg.student_lr,
+                                                cfg.weight_decay)
+        self.teacher_optimizer = (make_optimizer(cfg.teacher_optimizer, self.phi, cfg.teacher_lr, cfg.weight_decay)
+                                  if self.phi else None)
+        self.steps_done = 0
+
+    # ------------------------------------------------------------------ the live models
+    @property
+    def student(self) -> nn.Module:
+        return self._student.model
+
+    @property
+    def student_module(self) -> DistillStudent:
+        """The student with its feature projections: everything the student optimizer trains."""
+        return self._student
+
+    def trainable_teacher_parameters(self) -> int:
+        return count_parameters(self.phi)
+
+    @staticmethod
+    def _check_feature_layers(teacher: nn.Module, student: nn.Module, layers: Mapping[int, int]) -> None:
+        if not layers:
+            return
+        n_t, n_s = len(find_layer_list(teacher)[1]), len(find_layer_list(student)[1])
+        for s, t in layers.items():
+            if s > n_s or t > n_t:
+                raise ModelError(f"feature_layers {s} -> {t} out of range: the student has hidden states "
+                                 f"0..{n_s}, the teacher 0..{n_t}")
+
+    # ------------------------------------------------------------------ one step
+    def teacher_outputs(self, batch: Mapping[str, Any]) -> Outputs:
+        layers = set(self.objective.feature_layers.values())
+        return run(self.teacher, model_inputs(batch, "teacher"), self.teacher_blocks, layers)
+
+    def step(self, batch: Mapping[str, Any], quiz_batch: Mapping[str, Any] | None = None) -> dict[str, float]:
+        """One training step: a meta-step (pilot, quiz, teacher update, student update) when the
+        mode and ``meta_every`` call for one, else a plain KD step. Returns floats."""
+        cfg = self.config
+        is_meta = cfg.meta_update != "none" and self.steps_done % cfg.meta_every == 0
+        if is_meta and quiz_batch is None:
+            raise ValueError(f"meta_update={cfg.meta_update!r} needs a quiz_batch for the meta-step")
+        batch = _to_device(batch, self.device)
+        self.teacher.eval()
+        self._student.train()
+        start = time.perf_counter()
+        metrics: dict[str, float] = {"step": float(self.steps_done), "meta": float(is_meta)}
+        if is_meta:
+            metrics.update(self._meta_update(batch, _to_device(quiz_batch, self.device)))
+        else:
+            metrics["student_loss"] = self._student_step(batch)
+        metrics["seconds"] = time.perf_counter() - start
+        self.steps_done += 1
+        return metrics
+
+    def _student_step(self, batch: Mapping[str, Any]) -> float:
+        with torch.no_grad():
+            t_out = self.teacher_outputs(batch)
+        loss = self.objective.inner(self._student(batch), t_out, batch)
+        self.student_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.student_optimizer.step()
+        return float(loss.detach())
+
+    def _meta_update(self, batch: Mapping[str, Any], quiz_batch: Mapping[str, Any]) -> dict[str, float]:
+        cfg = self.config
+        with torch.enable_grad():
+            t_out = self.teacher_outputs(batch)  # attached to φ
+            result = meta_gradient(cfg.meta_grad, MetaProblem(
+                student=self._student, params=self.student_params, objective=self.objective,
+                teacher_out=t_out, batch=batch, quiz_batch=quiz_batch, phi=self.phi,
+                pilot_lr=cfg.pilot_lr, unroll_steps=cfg.unroll_steps, pilot_optimizer=cfg.pilot_optimizer,
+            ))
+        del t_out
+        for p, g in zip(self.phi, result.phi_grads):
+            p.grad = g
+        grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in result.phi_grads])))
+        if cfg.teacher_grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.phi, cfg.teacher_grad_clip)
+        self.teacher_optimizer.step()
+        self.teacher_optimizer.zero_grad(set_to_none=True)
+
+        out = {"inner_loss": result.inner_loss, "quiz_loss": result.quiz_loss, "teacher_grad_norm": grad_norm}
+        if cfg.pilot == "restore":
+            out["student_loss"] = self._student_step(batch)
+        else:
+            for p, g in zip(self.student_params, result.pilot_grads):
+                p.grad = g
+            self.student_optimizer.step()
+            self.student_optimizer.zero_grad(set_to_none=True)
+            out["student_loss"] = result.inner_loss
+        return out
+
+    # ------------------------------------------------------------------ training loop
+    def _pad_ids(self) -> dict[str, int]:
+        def pid(m: nn.Module) -> int:
+            value = getattr(getattr(m, "config", None), "pad_token_id", None)
+            return int(value) if value is not None else 0
+        return {"teacher": pid(self.teacher), "student": pid(self.student)}
+
+    def _check_data(self, dataset: Sequence, what: str) -> None:
+        if len(dataset) == 0:
+            raise data_mod.DataError(f"{what} data set is empty")
+        if self.num_labels is None:
+            return
+        labels = data_mod.labels_of(dataset)
+        bad = [y for y in labels if not 0 <= y < self.num_labels]
+        if bad:
+            raise data_mod.DataError(
+                f"{what} data has labels {sorted(set(bad))[:5]} outside 0..{self.num_labels - 1} "
+                f"(the models have {self.num_labels} labels)")
+
+    def _loader(self, data: Any, batch_size: int, shuffle: bool, seed: int) -> Iterable:
+        if isinstance(data, DataLoader):
+            return data
+        return data_mod.loader(data, batch_size, data_mod.make_collator(self._pad_ids()), shuffle, seed)
+
+    def fit(self, train_data: Any, quiz_data: Any = None, eval_data: Any = None) -> dict[str, list]:
+        """Train for ``epochs`` (or ``max_steps``). Data sets are sequences of encoded examples
+        (see ``metakd.data.encode``) or DataLoaders of collated batches. When ``quiz_data`` is
+        None a quiz split of ``quiz_fraction`` is carved from ``train_data`` by seed, in every
+        mode, so all modes train on the same examples. Returns ``{"train": [...], "eval": [...]}``.
+        """
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        if not isinstance(train_data, DataLoader):
+            self._check_data(train_data, "training")
+            if quiz_data is None:
+                train_data, quiz_data = data_mod.split_quiz(train_data, cfg.quiz_fraction, cfg.seed)
+        elif quiz_data is None and cfg.meta_update != "none":
+            raise ValueError("pass quiz_data when train_data is a DataLoader")
+        if quiz_data is not None and not isinstance(quiz_data, DataLoader):
+            self._check_data(quiz_data, "quiz")
+        if eval_data is not None and not isinstance(eval_data, DataLoader):
+            self._check_data(eval_data, "evaluation")
+
+        train_loader = self._loader(train_data, cfg.batch_size, shuffle=True, seed=cfg.seed)
+        quiz_iter = (self._cycle(self._loader(quiz_data, cfg.quiz_batch_size or cfg.batch_size, True, cfg.seed + 1))
+                     if quiz_data is not None and cfg.meta_update != "none" else None)
+        steps_per_epoch = len(train_loader)
+        total = steps_per_epoch * cfg.epochs
+        if cfg.max_steps is not None:
+            total = min(total, cfg.max_steps) if steps_per_epoch else cfg.max_steps
+        history: dict[str, list] = {"train": [], "eval": []}
+        bar = tqdm(total=total, desc=f"distil ({cfg.meta_update})", disable=not cfg.progress, leave=False)
+        done = 0
+        for _epoch in range(max(cfg.epochs, math.ceil(total / max(steps_per_epoch, 1)))):
+            for batch in train_loader:
+                if done >= total:
+                    break
+                metrics = self.step(batch, next(quiz_iter) if quiz_iter is not None else None)
+                history["train"].append(metrics)
+                done += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['student_loss']:.3f}")
+                if eval_data is not None and cfg.eval_every and done % cfg.eval_every == 0 and done < total:
+                    history["eval"].append({"step": done, **self.evaluate(eval_data)})
+            if done >= total:
+                break
+        bar.close()
+        if eval_data is not None:
+            history["eval"].append({"step": done, **self.evaluate(eval_data)})
+        return history
+
+    @staticmethod
+    def _cycle(loader: Iterable) -> Iterator:
+        while True:
+            yield from loader
+
+    def evaluate(self, data: Any, model: str = "student") -> dict[str, float]:
+        """Accuracy, macro F1/precision/recall and mean CE loss of the student (or the teacher)."""
+        if model not in ("student", "teacher"):
+            raise ValueError(f"model must be 'student' or 'teacher', got {model!r}")
+        net = self.student if model == "student" else self.teacher
+        side = model
+        was_training = net.training
+        net.eval()
+        try:
+            batches = (_to_device(b, self.device)
+                       for b in self._loader(data, self.config.eval_batch_size, shuffle=False, seed=0))
+            return evaluate_classifier(lambda b: net(**model_inputs(b, side)).logits, batches, self.num_labels)
+        finally:
+            net.train(was_training)
+
+
+__all__ = ["MetaDistiller", "make_optimizer"]

@@ -1,0 +1,45 @@
+"""The reference backend: unroll the pilot step(s) with ``higher`` and backpropagate the quiz
+loss through the whole double-backward graph. Exact for any number of steps, SGD or Adam."""
+
+from __future__ import annotations
+
+import warnings
+
+import higher
+import torch
+
+from .base import MetaProblem, MetaResult
+
+
+def _pilot_optimizer(problem: MetaProblem) -> torch.optim.Optimizer:
+    if problem.pilot_optimizer == "sgd":
+        return torch.optim.SGD(problem.params, lr=problem.pilot_lr)
+    if problem.pilot_optimizer == "adam":
+        return torch.optim.Adam(problem.params, lr=problem.pilot_lr)
+    raise ValueError(f"the higher backend has no pilot optimizer {problem.pilot_optimizer!r}")
+
+
+def higher_meta_gradient(problem: MetaProblem) -> MetaResult:
+    """θ' = θ − η∇_θ L_in(θ, z_T(φ)) (unrolled), then ∇_φ L_quiz(θ') through the unrolled graph."""
+    first: dict[str, object] = {}
+
+    def keep_first_grads(grads):
+        if "grads" not in first:
+            first["grads"] = [g.detach().clone() if g is not None else torch.zeros_like(p)
+                              for g, p in zip(grads, problem.params)]
+        return grads
+
+    optimizer = _pilot_optimizer(problem)
+    # higher copies every attribute of each module, which trips Transformers' deprecation shims.
+    with warnings.catch_warnings(action="ignore", category=FutureWarning), higher.innerloop_ctx(
+        problem.student, optimizer, copy_initial_weights=True, track_higher_grads=True
+    ) as (fstudent, diffopt):
+        for step in range(problem.unroll_steps):
+            inner = problem.objective.inner(fstudent(problem.batch), problem.teacher_out, problem.batch)
+            if step == 0:
+                first["inner"] = float(inner.detach())
+            diffopt.step(inner, grad_callback=keep_first_grads)
+        quiz = problem.objective.quiz(fstudent(problem.quiz_batch), problem.quiz_batch)
+        grads = torch.autograd.grad(quiz, problem.phi, allow_unused=True)
+    phi_grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, problem.phi)]
+    return MetaResult(phi_grads, first["inner"], float(quiz.detach()), first["grads"])

