@@ -71,7 +71,7 @@ class DistillConfig:
     (peft's table, e.g. query/value for BERT, c_attn for GPT-2, else every Linear but the head)."""
     feature_layers: dict[int, int] | None = None
     """Hidden-state distillation map: student layer -> teacher layer (0 = embeddings output,
-    i = output of block i). None or empty disables the feature loss."""
+    i = output of block i, before any final norm). None or empty disables the feature loss."""
     feature_weight: float = 0.0
     """Weight of the mean-squared hidden-state loss over the mapped layers."""
     quiz_fraction: float = 0.1

@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny models built from configs, deterministic batches, the shared data path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from metakd.models import tiny_classifier
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def make_batch(seed: int, batch: int = 6, length: int = 9, vocab: int = 64, labels: int = 2, pad_rows: int = 2):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (batch, length), generator=g)
+    mask = torch.ones_like(ids)
+    mask[:pad_rows, length - 3:] = 0
+    ids = ids.masked_fill(mask == 0, 0)
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.randint(0, labels, (batch,), generator=g)}
+
+
+@pytest.fixture(params=["bert", "gpt2"])
+def arch(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def tiny_pair(arch):
+    """(teacher, student) of the same tiny architecture in float64: teacher 3 blocks, student 2."""
+    teacher = tiny_classifier(arch, num_layers=3, hidden_size=16, seed=1, dtype=torch.float64)
+    student = tiny_classifier(arch, num_layers=2, hidden_size=16, seed=2, dtype=torch.float64)
+    return teacher, student
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA} (it sits beside the repo in CI)")
+    return SHARED_DATA
