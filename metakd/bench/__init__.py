@@ -1,0 +1,6 @@
+"""Benchmarks: each experiment is a module with ``main(argv)``, run as ``metakd bench NAME`` or
+``python benchmarks/NAME.py``; each prints a table and writes ``results/NAME.{json,md,png}``."""
+
+BENCHMARKS = {
+    "meta-update": "metakd.bench.meta_update",
+}

@@ -1,0 +1,65 @@
+"""Shared plumbing for benchmarks: isolated worker processes, tables, result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..telemetry import machine_info
+
+
+def run_worker(module: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Run ``python -m module --worker SPEC OUT`` in a fresh process and return its JSON result.
+
+    One process per configuration keeps peak-memory figures (lifetime peak RSS) from polluting
+    each other. The worker's progress bars go straight to this terminal.
+    """
+    with tempfile.TemporaryDirectory(prefix="metakd-bench-") as tmp:
+        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+        spec_path.write_text(json.dumps(spec))
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        proc = subprocess.run([sys.executable, "-m", module, "--worker", str(spec_path), str(out_path)], env=env)
+        if proc.returncode != 0 or not out_path.is_file():
+            raise RuntimeError(f"benchmark worker {module} failed (exit {proc.returncode}) for {spec.get('label', spec)}")
+        return json.loads(out_path.read_text())
+
+
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "n/a"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} GiB"
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    cores = info.get("usable_cores") or info.get("logical_cores")
+    gpus = ", ".join(info.get("gpus") or []) or "no GPU"
+    mem = fmt_bytes(info.get("memory_total_bytes"))
+    return f"{info.get('cpu_model', 'unknown CPU')}, {cores} cores, {mem} RAM, {gpus}; torch {info.get('torch')}"
+
+
+def write_results(out_dir: str | Path, name: str, payload: dict[str, Any], table: str, notes: Sequence[str] = ()) -> dict[str, Path]:
+    """Write ``NAME.json`` (payload + machine info) and ``NAME.md`` (table + notes); return paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    info = payload.setdefault("machine", machine_info())
+    json_path, md_path = out / f"{name}.json", out / f"{name}.md"
+    json_path.write_text(json.dumps(payload, indent=2, default=str))
+    body = [f"# {name}", "", f"Machine: {machine_line(info)}", "", table, ""]
+    body += [f"- {n}" for n in notes]
+    md_path.write_text("\n".join(body) + "\n")
+    return {"json": json_path, "md": md_path}
