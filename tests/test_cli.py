@@ -1,0 +1,52 @@
+"""The main job through its public path: `metakd bench meta-update --quick`, end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_bench_meta_update_quick_end_to_end(tmp_path, monkeypatch):
+    env = {"METAKD_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
+    import os
+
+    env = dict(os.environ, **env)
+    out = tmp_path / "results"
+    proc = subprocess.run([sys.executable, "-m", "metakd", "bench", "meta-update", "--quick", "--steps", "4",
+                           "--no-progress", "--out", str(out)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for mode in ("plain KD", "LoRA meta-update", "full meta-update"):
+        assert f"| {mode} |" in proc.stdout
+    assert "trainable teacher params" in proc.stdout
+    payload = json.loads((out / "meta_update.json").read_text())
+    results = {r["mode"]: r for r in payload["results"]}
+    assert set(results) == {"none", "lora", "full"}
+    assert results["none"]["trainable_teacher_params"] == 0
+    assert 0 < results["lora"]["trainable_teacher_params"] < results["full"]["trainable_teacher_params"]
+    for r in results.values():
+        assert r["steps"] == 4
+        assert r["median_step_seconds"] > 0
+        assert r["train"]["peak_memory_bytes"] > 0
+        assert 0.0 <= r["student"]["accuracy"] <= 1.0
+    # plain KD leaves the teacher as it was
+    assert results["none"]["teacher_before"]["accuracy"] == results["none"]["teacher_after"]["accuracy"]
+    assert payload["machine"]["logical_cores"] >= 1
+    assert (out / "meta_update.md").read_text().count("|") > 10
+    assert (out / "meta_update.png").stat().st_size > 1000
+
+
+def test_cli_rejects_bad_arguments():
+    proc = subprocess.run([sys.executable, "-m", "metakd", "bench", "meta-update", "--modes", "lora,bogus"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--modes" in proc.stderr
+
+
+def test_cli_reports_missing_data_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "metakd", "bench", "meta-update", "--quick",
+                           "--data", str(tmp_path / "nope.tsv")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "metakd: error:" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,151 @@
+"""MetaDistiller behaviour: what each mode may change, the schedules, fit, and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metakd import ConfigError, DistillConfig, MetaDistiller
+from metakd.data import DataError
+from metakd.models import LORA_MARKER, ModelError, tiny_classifier
+
+from .conftest import make_batch
+
+
+def _snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _run(mode: str, arch: str, steps: int = 3, **overrides):
+    teacher = tiny_classifier(arch, num_layers=3, seed=1)
+    student = tiny_classifier(arch, num_layers=2, seed=2)
+    cfg = DistillConfig(meta_update=mode, teacher_lr=1e-2, student_lr=1e-2, pilot_lr=0.5, progress=False,
+                        **overrides)
+    d = MetaDistiller(teacher, student, cfg)
+    before = _snapshot(d.teacher)
+    student_before = _snapshot(d.student)
+    for i in range(steps):
+        d.step(make_batch(2 * i), make_batch(2 * i + 1))
+    return d, before, student_before
+
+
+@pytest.mark.parametrize("arch_name", ["bert", "gpt2"])
+def test_lora_mode_moves_only_adapters(arch_name):
+    d, before, _ = _run("lora", arch_name)
+    after = _snapshot(d.teacher)
+    adapters = [n for n in after if LORA_MARKER in n]
+    assert adapters
+    for name, value in after.items():
+        if LORA_MARKER in name:
+            continue
+        assert torch.equal(value, before[name]), f"base weight {name} changed in lora mode"
+    assert any(not torch.equal(after[n], before[n]) for n in adapters), "no adapter moved"
+    assert d.trainable_teacher_parameters() == sum(after[n].numel() for n in adapters)
+
+
+def test_full_mode_moves_base_weights():
+    d, before, _ = _run("full", "bert")
+    after = _snapshot(d.teacher)
+    assert not any(LORA_MARKER in n for n in after)
+    moved = [n for n in after if not torch.equal(after[n], before[n])]
+    assert any("encoder" in n for n in moved) and any("classifier" in n for n in moved)
+
+
+def test_none_mode_leaves_teacher_untouched_and_trains_student():
+    d, before, student_before = _run("none", "bert")
+    after = _snapshot(d.teacher)
+    assert all(torch.equal(after[n], before[n]) for n in after)
+    assert any(not torch.equal(p, student_before[n]) for n, p in _snapshot(d.student).items())
+
+
+@pytest.mark.parametrize("pilot", ["restore", "reuse"])
+def test_pilot_schedules_update_student(pilot):
+    d, _, student_before = _run("lora", "bert", pilot=pilot)
+    assert any(not torch.equal(p, student_before[n]) for n, p in _snapshot(d.student).items())
+
+
+def test_reuse_student_step_is_the_pilot_gradient():
+    """With SGD students, 'reuse' moves θ by −student_lr·∇_θ L_in(θ, z_T(φ_old))."""
+    torch.manual_seed(0)
+    teacher = tiny_classifier("bert", num_layers=3, seed=1, dtype=torch.float64)
+    student = tiny_classifier("bert", num_layers=2, seed=2, dtype=torch.float64)
+    cfg = DistillConfig(meta_update="lora", pilot="reuse", student_optimizer="sgd", student_lr=0.1, progress=False)
+    d = MetaDistiller(teacher, student, cfg)
+    batch, quiz = make_batch(0), make_batch(1)
+    with torch.no_grad():
+        t_logits = d.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    loss = d.objective.inner(d.student_module(batch), type("O", (), {"logits": t_logits, "hidden": {}})(), batch)
+    grads = torch.autograd.grad(loss, d.student_params)
+    before = [p.detach().clone() for p in d.student_params]
+    d.step(batch, quiz)
+    for p, b, g in zip(d.student_params, before, grads):
+        torch.testing.assert_close(p.detach(), b - 0.1 * g, rtol=1e-10, atol=1e-12)
+
+
+def test_meta_every_runs_plain_steps_between():
+    d, _, _ = _run("lora", "bert", steps=4, meta_every=2)
+    assert d.steps_done == 4
+
+
+def test_meta_mode_needs_quiz_batch():
+    d = MetaDistiller(tiny_classifier(seed=1), tiny_classifier(seed=2), DistillConfig(progress=False))
+    with pytest.raises(ValueError, match="quiz_batch"):
+        d.step(make_batch(0))
+
+
+def _examples(n: int, seed: int = 0, labels: int = 2):
+    """A learnable task: the label is whether token 5 occurs in the sequence."""
+    g = torch.Generator().manual_seed(seed)
+    items = []
+    for i in range(n):
+        ids = torch.randint(6, 64, (8,), generator=g)
+        y = i % labels
+        if y == 1:
+            ids[int(torch.randint(0, 8, (1,), generator=g))] = 5
+        items.append({"input_ids": ids, "attention_mask": torch.ones(8, dtype=torch.long), "labels": torch.tensor(y)})
+    return items
+
+
+@pytest.mark.slow
+def test_fit_improves_held_out_accuracy():
+    teacher = tiny_classifier("bert", num_layers=2, hidden_size=32, seed=1)
+    # Teach the teacher the task first.
+    from metakd.finetune import finetune_classifier
+
+    train, held_out = _examples(480, seed=0), _examples(200, seed=1)
+    finetune_classifier(teacher, train, epochs=6, lr=3e-3, batch_size=32, progress=False)
+    student = tiny_classifier("bert", num_layers=1, hidden_size=32, seed=3)
+    cfg = DistillConfig(meta_update="lora", student_lr=3e-3, teacher_lr=1e-3, pilot_lr=1e-2, batch_size=32,
+                        epochs=6, progress=False)
+    d = MetaDistiller(teacher, student, cfg)
+    start = d.evaluate(held_out)["accuracy"]
+    history = d.fit(train, eval_data=held_out)
+    end = history["eval"][-1]["accuracy"]
+    assert end >= start + 0.2 and end > 0.8, (start, end)
+    assert all("quiz_loss" in h for h in history["train"])
+
+
+@pytest.mark.parametrize("field,value", [("meta_update", "partial"), ("pilot_lr", -1.0), ("temperature", 0.0),
+                                         ("student_lr", -0.1)])
+def test_bad_config_is_refused(field, value):
+    with pytest.raises(ConfigError, match=field):
+        DistillConfig(**{field: value})
+
+
+def test_empty_data_is_refused_before_training():
+    d = MetaDistiller(tiny_classifier(seed=1), tiny_classifier(seed=2), DistillConfig(progress=False))
+    with pytest.raises(DataError, match="empty"):
+        d.fit([])
+
+
+def test_labels_out_of_range_are_refused_before_training():
+    d = MetaDistiller(tiny_classifier(seed=1), tiny_classifier(seed=2), DistillConfig(progress=False))
+    before = _snapshot(d.student)
+    with pytest.raises(DataError, match="outside 0..1"):
+        d.fit(_examples(20, labels=3))
+    assert all(torch.equal(p, before[n]) for n, p in _snapshot(d.student).items())
+
+
+def test_mismatched_label_counts_are_refused():
+    with pytest.raises(ModelError, match="labels"):
+        MetaDistiller(tiny_classifier(num_labels=3, seed=1), tiny_classifier(num_labels=2, seed=2))
