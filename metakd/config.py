@@ -153,7 +153,7 @@ class DistillConfig:
                 hint = difflib.get_close_matches(key, known, n=1)
                 extra = f"; did you mean {hint[0]!r}?" if hint else ""
                 raise ConfigError(f"unknown config key {key!r}{extra}")
-        return cls(**values)
+        return cls(**{k: _yaml_number(v) for k, v in values.items()})
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "DistillConfig":
@@ -161,11 +161,24 @@ class DistillConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
         # A file may hold the distillation settings at top level or under a 'distill' key.
-        data = data.get("distill", data)
+        if "distill" in data:
+            data = data["distill"] or {}
+            if not isinstance(data, dict):
+                raise ConfigError(f"{path}: 'distill' must be a mapping of config keys")
         return cls.from_dict(data)
 
     def replace(self, **changes: Any) -> "DistillConfig":
         return dataclasses.replace(self, **changes)
+
+
+def _yaml_number(value: Any) -> Any:
+    """PyYAML (YAML 1.1) reads '5e-5' as a string; take numeric strings as the numbers they mean."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _is_number(x: Any) -> bool:

@@ -47,11 +47,15 @@ def read_labelled_file(path: str | Path, text_column: str | None = None,
     label_key = _pick(label_column, LABEL_COLUMNS, columns, path, "label")
     examples = []
     for i, row in enumerate(rows):
+        text, raw_label = row.get(text_key), row.get(label_key)
+        if text is None or raw_label is None:
+            missing = text_key if text is None else label_key
+            raise DataError(f"{path}, row {i + 1}: no value in column {missing!r}")
         try:
-            label = int(str(row[label_key]).strip())
+            label = int(str(raw_label).strip())
         except ValueError:
-            raise DataError(f"{path}, row {i + 1}: label {row[label_key]!r} is not an integer") from None
-        examples.append((str(row[text_key]).strip(), label))
+            raise DataError(f"{path}, row {i + 1}: label {raw_label!r} is not an integer") from None
+        examples.append((str(text).strip(), label))
     return examples
 
 

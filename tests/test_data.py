@@ -114,18 +114,13 @@ def test_missing_file(tmp_path):
         read_labelled_file(tmp_path / "nope.tsv")
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError,
-                   reason="bug: columns are taken from the first row only; a later JSONL row lacking the "
-                          "label key raises a bare KeyError instead of DataError")
 def test_jsonl_row_missing_label_key(tmp_path):
     path = tmp_path / "data.jsonl"
     path.write_text('{"text": "good", "label": 1}\n{"text": "bad"}\n')
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="row 2"):
         read_labelled_file(path)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a short CSV row leaves the text field None, read back as the "
-                                        "literal text 'None' instead of raising DataError")
 def test_csv_row_missing_text_field(tmp_path):
     path = tmp_path / "data.csv"
     path.write_text("label,text\n1,good\n0\n")

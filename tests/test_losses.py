@@ -21,6 +21,15 @@ temperatures = st.floats(min_value=0.25, max_value=8.0, allow_nan=False)
 alphas = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """The tensors here are tiny: one intra-op thread avoids thread-pool overhead on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _tensor(draw, shape, elements=finite) -> torch.Tensor:
     return torch.from_numpy(draw(hnp.arrays(np.float64, shape, elements=elements)))
 

@@ -29,7 +29,7 @@ MODES = ("none", "lora", "full")
 MODE_LABELS = {"none": "plain KD", "lora": "LoRA meta-update", "full": "full meta-update"}
 
 # Settings of the full run and of --quick (tiny random models, a slice of the data).
-FULL = dict(n_train=4000, n_eval=1000, steps=150, finetune_epochs=2, batch_size=32, max_length=64)
+FULL = dict(n_train=2000, n_eval=500, steps=100, finetune_epochs=2, batch_size=32, max_length=64)
 QUICK = dict(n_train=600, n_eval=200, steps=12, finetune_epochs=3, batch_size=16, max_length=48)
 
 
