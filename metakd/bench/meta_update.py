@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
     s = args.settings
     base_cfg = DistillConfig.from_yaml(args.config) if args.config else DistillConfig(
-        student_lr=1e-4, teacher_lr=1e-4, pilot_lr=1e-2, quiz_fraction=0.1)
+        student_lr=5e-4, teacher_lr=2e-5, pilot_lr=1e-2, quiz_fraction=0.1)
     splits = data_mod.load_task(args.data, s["n_train"], s["n_eval"], args.seed)  # fails fast on bad data
     labels = [y for _, y in splits["train"]]
     if not labels or not splits["eval"]:
