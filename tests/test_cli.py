@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -10,11 +11,8 @@ import pytest
 
 
 @pytest.mark.slow
-def test_bench_meta_update_quick_end_to_end(tmp_path, monkeypatch):
-    env = {"METAKD_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
-    import os
-
-    env = dict(os.environ, **env)
+def test_bench_meta_update_quick_end_to_end(tmp_path):
+    env = dict(os.environ, METAKD_CACHE=str(tmp_path / "cache"))
     out = tmp_path / "results"
     proc = subprocess.run([sys.executable, "-m", "metakd", "bench", "meta-update", "--quick", "--steps", "4",
                            "--no-progress", "--out", str(out)], capture_output=True, text=True, env=env, timeout=600)

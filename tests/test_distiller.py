@@ -83,8 +83,17 @@ def test_reuse_student_step_is_the_pilot_gradient():
 
 
 def test_meta_every_runs_plain_steps_between():
-    d, _, _ = _run("lora", "bert", steps=4, meta_every=2)
-    assert d.steps_done == 4
+    teacher, student = tiny_classifier("bert", num_layers=3, seed=1), tiny_classifier("bert", seed=2)
+    d = MetaDistiller(teacher, student, DistillConfig(meta_update="lora", meta_every=2, teacher_lr=1e-2,
+                                                      progress=False))
+    metas, adapters = [], []
+    for i in range(4):
+        before = [p.detach().clone() for p in d.phi]
+        metrics = d.step(make_batch(2 * i), make_batch(2 * i + 1))
+        metas.append(metrics["meta"])
+        adapters.append(any(not torch.equal(p, b) for p, b in zip(d.phi, before)))
+    assert metas == [1.0, 0.0, 1.0, 0.0]
+    assert adapters == [True, False, True, False]  # the teacher learns only on meta-steps
 
 
 def test_meta_mode_needs_quiz_batch():
