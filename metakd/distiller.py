@@ -15,8 +15,9 @@ from tqdm.auto import tqdm
 from . import data as data_mod
 from .config import DistillConfig
 from .evaluate import evaluate_classifier
-from .forward import Outputs, blocks_path, model_inputs, run
+from .forward import Outputs, blocks_path, checkpointed_blocks, model_inputs, run
 from .metagrad import MetaProblem, meta_gradient
+from .metagrad.base import NullTimer
 from .models import (ModelError, attach_lora, count_parameters, find_layer_list, has_lora, meta_parameters,
                      use_eager_attention)
 from .objective import DistillStudent, Objective
@@ -56,10 +57,14 @@ class MetaDistiller:
     some already) and only those receive the meta-gradient; ``"full"`` trains every teacher
     weight; ``"none"`` is plain KD with a frozen teacher. ``d.teacher`` and ``d.student`` are the
     live models.
+
+    ``timer`` (e.g. ``metakd.telemetry.PhaseTimer(device)``) times the phases of every step
+    (teacher_forward, pilot, quiz, directional_derivative, teacher_backward, teacher_step,
+    student_step); ``step`` then reports them as ``time_<phase>`` seconds.
     """
 
     def __init__(self, teacher: nn.Module, student: nn.Module, config: DistillConfig | None = None,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, timer: Any = None):
         self.config = cfg = config or DistillConfig()
         cfg.validate()
         self.device = torch.device(device) if device is not None else next(student.parameters()).device
@@ -72,8 +77,10 @@ class MetaDistiller:
             teacher = attach_lora(teacher, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
         self.teacher = teacher.to(self.device)
         self.phi = meta_parameters(self.teacher, cfg.meta_update)
-        if cfg.meta_update != "none" and cfg.meta_grad == "higher":
-            use_eager_attention(student)  # fused SDPA kernels have no double backward
+        if cfg.meta_update != "none" and cfg.meta_grad in ("higher", "jvp"):
+            # fused SDPA kernels have no double backward (higher) and no forward derivative (jvp)
+            use_eager_attention(student)
+        self.timer = timer
 
         feature_layers = cfg.feature_layers or {}
         self._check_feature_layers(teacher, student, feature_layers)
@@ -83,7 +90,8 @@ class MetaDistiller:
             teacher_widths={t: t_width for t in feature_layers.values()} if t_width else None,
             student_widths={s: s_width for s in feature_layers} if s_width else None,
         ).to(self.device)
-        self.teacher_blocks = blocks_path(self.teacher) if feature_layers else None
+        self.teacher_blocks = (blocks_path(self.teacher)
+                               if feature_layers or (cfg.teacher_checkpointing and cfg.meta_update != "none") else None)
         self.objective = Objective(cfg.temperature, cfg.alpha, feature_layers, cfg.feature_weight)
 
         self.student_params = [p for p in self._student.parameters() if p.requires_grad]
@@ -119,9 +127,23 @@ class MetaDistiller:
                                  f"0..{n_s}, the teacher 0..{n_t}")
 
     # ------------------------------------------------------------------ one step
-    def teacher_outputs(self, batch: Mapping[str, Any]) -> Outputs:
+    @property
+    def timer(self) -> Any:
+        return self._timer
+
+    @timer.setter
+    def timer(self, value: Any) -> None:
+        self._timer = value if value is not None else NullTimer()
+
+    def teacher_outputs(self, batch: Mapping[str, Any], checkpointed: bool = False) -> Outputs:
+        """Teacher logits and the hidden states the feature loss reads; with ``checkpointed`` the
+        blocks keep only their inputs for the backward (see ``teacher_checkpointing``)."""
         layers = set(self.objective.feature_layers.values())
-        return run(self.teacher, model_inputs(batch, "teacher"), self.teacher_blocks, layers)
+        with self.timer.phase("teacher_forward"):
+            if checkpointed and torch.is_grad_enabled():
+                with checkpointed_blocks(self.teacher, self.teacher_blocks):
+                    return run(self.teacher, model_inputs(batch, "teacher"), self.teacher_blocks, layers)
+            return run(self.teacher, model_inputs(batch, "teacher"), self.teacher_blocks, layers)
 
     def step(self, batch: Mapping[str, Any], quiz_batch: Mapping[str, Any] | None = None) -> dict[str, float]:
         """One training step: a meta-step (pilot, quiz, teacher update, student update) when the
@@ -133,6 +155,9 @@ class MetaDistiller:
         batch = _to_device(batch, self.device)
         self.teacher.eval()
         self._student.train()
+        timing = not isinstance(self.timer, NullTimer)
+        if timing:
+            self.timer.reset()
         start = time.perf_counter()
         metrics: dict[str, float] = {"step": float(self.steps_done), "meta": float(is_meta)}
         if is_meta:
@@ -140,44 +165,51 @@ class MetaDistiller:
         else:
             metrics["student_loss"] = self._student_step(batch)
         metrics["seconds"] = time.perf_counter() - start
+        if timing:
+            metrics.update({f"time_{k}": v for k, v in self.timer.totals().items()})
         self.steps_done += 1
         return metrics
 
     def _student_step(self, batch: Mapping[str, Any]) -> float:
         with torch.no_grad():
             t_out = self.teacher_outputs(batch)
-        loss = self.objective.inner(self._student(batch), t_out, batch)
-        self.student_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.student_optimizer.step()
+        with self.timer.phase("student_step"):
+            loss = self.objective.inner(self._student(batch), t_out, batch)
+            self.student_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.student_optimizer.step()
         return float(loss.detach())
 
     def _meta_update(self, batch: Mapping[str, Any], quiz_batch: Mapping[str, Any]) -> dict[str, float]:
         cfg = self.config
         with torch.enable_grad():
-            t_out = self.teacher_outputs(batch)  # attached to φ
+            t_out = self.teacher_outputs(batch, checkpointed=cfg.teacher_checkpointing)  # attached to φ
             result = meta_gradient(cfg.meta_grad, MetaProblem(
                 student=self._student, params=self.student_params, objective=self.objective,
                 teacher_out=t_out, batch=batch, quiz_batch=quiz_batch, phi=self.phi,
                 pilot_lr=cfg.pilot_lr, unroll_steps=cfg.unroll_steps, pilot_optimizer=cfg.pilot_optimizer,
+                fd_epsilon=cfg.fd_epsilon, timer=self.timer,
             ))
         del t_out
-        for p, g in zip(self.phi, result.phi_grads):
-            p.grad = g
-        grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in result.phi_grads])))
-        if cfg.teacher_grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.phi, cfg.teacher_grad_clip)
-        self.teacher_optimizer.step()
-        self.teacher_optimizer.zero_grad(set_to_none=True)
+        with self.timer.phase("teacher_step"):
+            for p, g in zip(self.phi, result.phi_grads):
+                p.grad = g
+            grad_norm = float(torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g) for g in result.phi_grads])))
+            if cfg.teacher_grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.phi, cfg.teacher_grad_clip)
+            self.teacher_optimizer.step()
+            self.teacher_optimizer.zero_grad(set_to_none=True)
 
         out = {"inner_loss": result.inner_loss, "quiz_loss": result.quiz_loss, "teacher_grad_norm": grad_norm}
         if cfg.pilot == "restore":
             out["student_loss"] = self._student_step(batch)
         else:
-            for p, g in zip(self.student_params, result.pilot_grads):
-                p.grad = g
-            self.student_optimizer.step()
-            self.student_optimizer.zero_grad(set_to_none=True)
+            with self.timer.phase("student_step"):
+                for p, g in zip(self.student_params, result.pilot_grads):
+                    p.grad = g
+                self.student_optimizer.step()
+                self.student_optimizer.zero_grad(set_to_none=True)
             out["student_loss"] = result.inner_loss
         return out
 

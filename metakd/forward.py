@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Iterator, Mapping
 
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .models import find_layer_list
 
@@ -64,6 +66,31 @@ def capture_hidden(model: nn.Module, blocks_path: str, layers: set[int]) -> Iter
     finally:
         for h in handles:
             h.remove()
+
+
+@contextmanager
+def checkpointed_blocks(model: nn.Module, blocks_path: str) -> Iterator[None]:
+    """While active, every transformer block of ``model`` runs under activation checkpointing
+    (``use_reentrant=False``): a forward keeps only each block's inputs and the backward recomputes
+    the rest. Works in eval mode (unlike Transformers' own switch) and leaves forward hooks intact."""
+    blocks = model.get_submodule(blocks_path)
+    originals = []
+    for block in blocks:
+        original = block.forward
+        originals.append((block, "forward" in vars(block)))
+        block.forward = partial(_checkpointed, original)
+    try:
+        yield
+    finally:
+        for block, had_own in originals:
+            if had_own:
+                block.forward = block.forward.args[0]
+            else:
+                del block.forward
+
+
+def _checkpointed(forward, *args, **kwargs):
+    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
 
 def blocks_path(model: nn.Module) -> str:

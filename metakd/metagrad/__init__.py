@@ -6,10 +6,14 @@ from __future__ import annotations
 from typing import Callable
 
 from .base import MetaProblem, MetaResult
+from .finite_diff_backend import finite_diff_meta_gradient
 from .higher_backend import higher_meta_gradient
+from .jvp_backend import jvp_meta_gradient
 
 BACKENDS: dict[str, Callable[[MetaProblem], MetaResult]] = {
     "higher": higher_meta_gradient,
+    "jvp": jvp_meta_gradient,
+    "finite_diff": finite_diff_meta_gradient,
 }
 
 

@@ -1,14 +1,28 @@
-"""What every meta-gradient backend takes and returns."""
+"""What every meta-gradient backend takes and returns, and the steps they share.
+
+Every backend splits the meta-gradient at the teacher's outputs z_T: it computes
+``∇_{z_T} L_quiz(θ')`` on the student side (the part that differs between backends) and hands
+it to :func:`teacher_backward`, one ordinary backward through the teacher into φ.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Mapping
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any, ContextManager, Iterator, Mapping
 
+import torch
 from torch import Tensor, nn
 
 from ..forward import Outputs
 from ..objective import DistillStudent, Objective
+
+
+class NullTimer:
+    """Stands in for ``telemetry.PhaseTimer`` when nobody is timing phases."""
+
+    def phase(self, name: str) -> ContextManager[None]:
+        return nullcontext()
 
 
 @dataclass
@@ -29,6 +43,8 @@ class MetaProblem:
     pilot_lr: float
     unroll_steps: int = 1
     pilot_optimizer: str = "sgd"
+    fd_epsilon: float = 1e-3            # finite_diff: step ε = fd_epsilon / ‖g‖ along g
+    timer: Any = field(default_factory=NullTimer)  # anything with .phase(name) -> context manager
 
 
 @dataclass
@@ -37,3 +53,119 @@ class MetaResult:
     inner_loss: float                   # L_in at θ (the first pilot step)
     quiz_loss: float                    # L_quiz at θ'
     pilot_grads: list[Tensor]           # ∇_θ L_in(θ, z_T(φ)), detached: the real step of pilot="reuse"
+
+
+# ---------------------------------------------------------------------------- teacher side
+def output_tensors(out: Outputs) -> list[Tensor]:
+    """Logits then hidden states in layer order: the teacher outputs L_in reads."""
+    return [out.logits] + [out.hidden[k] for k in sorted(out.hidden)]
+
+
+def detached_outputs(out: Outputs) -> Outputs:
+    """A copy of ``out`` whose tensors are fresh leaves that require grad: the student side of a
+    backend differentiates with respect to these, the teacher side is one backward later."""
+    return Outputs(out.logits.detach().requires_grad_(True),
+                   {k: v.detach().requires_grad_(True) for k, v in out.hidden.items()})
+
+
+def teacher_backward(problem: MetaProblem, z_grads: list[Tensor | None]) -> list[Tensor]:
+    """``∇_φ L_quiz = J_T(φ)ᵀ · ∇_{z_T} L_quiz``: one ordinary backward through the teacher."""
+    with problem.timer.phase("teacher_backward"):
+        pairs = [(t, g) for t, g in zip(output_tensors(problem.teacher_out), z_grads)
+                 if g is not None and t.requires_grad]
+        if not pairs:
+            return [torch.zeros_like(p) for p in problem.phi]
+        grads = torch.autograd.grad([t for t, _ in pairs], problem.phi, [g for _, g in pairs], allow_unused=True)
+        return [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, problem.phi)]
+
+
+# ---------------------------------------------------------------------------- student side
+def require_one_sgd_step(problem: MetaProblem, backend: str) -> None:
+    """The first-order backends are exact for one SGD pilot step; say which backend does more."""
+    if problem.unroll_steps != 1:
+        raise ValueError(f"meta_grad={backend!r} is exact for one pilot step; unroll_steps="
+                         f"{problem.unroll_steps} needs meta_grad='higher'")
+    if problem.pilot_optimizer != "sgd":
+        raise ValueError(f"meta_grad={backend!r} needs an SGD pilot step; pilot_optimizer="
+                         f"{problem.pilot_optimizer!r} needs meta_grad='higher'")
+
+
+def param_names(problem: MetaProblem) -> list[str]:
+    """Names of θ inside ``problem.student``, in the order of ``problem.params``."""
+    by_id = {id(p): n for n, p in problem.student.named_parameters()}
+    try:
+        return [by_id[id(p)] for p in problem.params]
+    except KeyError:
+        raise ValueError("MetaProblem.params must be parameters of MetaProblem.student") from None
+
+
+def _rng_devices(problem: MetaProblem) -> list[int]:
+    device = problem.params[0].device if problem.params else torch.device("cpu")
+    return [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+
+
+class RngReplay:
+    """Replays the random stream of the pilot forward (dropout masks) in later forwards on the same
+    batch, so that every pass of the directional derivative sees the pilot's masks; the stream
+    after a replay continues where it was."""
+
+    def __init__(self, problem: MetaProblem):
+        self.devices = _rng_devices(problem)
+        self.cpu = torch.get_rng_state()
+        self.cuda = [torch.cuda.get_rng_state(d) for d in self.devices]
+
+    @contextmanager
+    def replay(self) -> Iterator[None]:
+        with torch.random.fork_rng(devices=self.devices):
+            torch.set_rng_state(self.cpu)
+            for d, state in zip(self.devices, self.cuda):
+                torch.cuda.set_rng_state(state, d)
+            yield
+
+
+def pilot_gradient(problem: MetaProblem, teacher: Outputs) -> tuple[float, list[Tensor], RngReplay]:
+    """``L_in(θ, z_T)`` and ``∇_θ L_in`` (first order), plus the RNG state of that forward."""
+    with problem.timer.phase("pilot"):
+        rng = RngReplay(problem)
+        inner = problem.objective.inner(problem.student(problem.batch), teacher, problem.batch)
+        grads = torch.autograd.grad(inner, problem.params, allow_unused=True)
+        grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, problem.params)]
+    return float(inner.detach()), grads, rng
+
+
+def quiz_gradient(problem: MetaProblem, names: list[str], pilot_grads: list[Tensor]
+                  ) -> tuple[float, list[Tensor]]:
+    """``L_quiz(θ')`` and ``g = ∇_θ' L_quiz`` at ``θ' = θ − η ∇_θ L_in`` (first order)."""
+    from torch.func import functional_call
+
+    with problem.timer.phase("quiz"):
+        theta_prime = {n: (p.detach() - problem.pilot_lr * g).requires_grad_(True)
+                       for n, p, g in zip(names, problem.params, pilot_grads)}
+        quiz = problem.objective.quiz(functional_call(problem.student, theta_prime, (problem.quiz_batch,)),
+                                      problem.quiz_batch)
+        g = torch.autograd.grad(quiz, list(theta_prime.values()), allow_unused=True)
+        g = [gi if gi is not None else torch.zeros_like(p) for gi, p in zip(g, problem.params)]
+    return float(quiz.detach()), g
+
+
+def student_outputs(problem: MetaProblem, params: Mapping[str, Tensor]) -> tuple[Tensor, dict[int, Tensor]]:
+    """The student's (logits, hidden) on the training batch with θ replaced by ``params``: a pytree,
+    so that ``torch.func`` transforms can take it."""
+    from torch.func import functional_call
+
+    out = functional_call(problem.student, dict(params), (problem.batch,))
+    return out.logits, out.hidden
+
+
+def loss_gradient_wrt_teacher(problem: MetaProblem, value: Tensor, teacher: Outputs) -> list[Tensor | None]:
+    """``−η · ∂value/∂z_T`` for each teacher output (None where value does not read it)."""
+    tensors = output_tensors(teacher)
+    if not value.requires_grad:
+        return [None] * len(tensors)
+    grads = torch.autograd.grad(value, tensors, allow_unused=True)
+    return [None if g is None else -problem.pilot_lr * g for g in grads]
+
+
+__all__ = ["MetaProblem", "MetaResult", "NullTimer", "RngReplay", "detached_outputs", "loss_gradient_wrt_teacher",
+           "output_tensors", "param_names", "pilot_gradient", "quiz_gradient", "require_one_sgd_step",
+           "student_outputs", "teacher_backward"]

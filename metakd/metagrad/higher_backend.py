@@ -8,7 +8,7 @@ import warnings
 import higher
 import torch
 
-from .base import MetaProblem, MetaResult
+from .base import MetaProblem, MetaResult, detached_outputs, output_tensors, teacher_backward
 
 
 def _pilot_optimizer(problem: MetaProblem) -> torch.optim.Optimizer:
@@ -20,8 +20,13 @@ def _pilot_optimizer(problem: MetaProblem) -> torch.optim.Optimizer:
 
 
 def higher_meta_gradient(problem: MetaProblem) -> MetaResult:
-    """θ' = θ − η∇_θ L_in(θ, z_T(φ)) (unrolled), then ∇_φ L_quiz(θ') through the unrolled graph."""
+    """θ' = θ − η∇_θ L_in(θ, z_T(φ)) (unrolled), then ∇_φ L_quiz(θ') through the unrolled graph.
+
+    The unrolled graph ends at the teacher's outputs (detached leaves); the teacher backward is a
+    separate, ordinary backward, as in the other backends.
+    """
     first: dict[str, object] = {}
+    teacher = detached_outputs(problem.teacher_out)
 
     def keep_first_grads(grads):
         if "grads" not in first:
@@ -34,12 +39,14 @@ def higher_meta_gradient(problem: MetaProblem) -> MetaResult:
     with warnings.catch_warnings(action="ignore", category=FutureWarning), higher.innerloop_ctx(
         problem.student, optimizer, copy_initial_weights=True, track_higher_grads=True
     ) as (fstudent, diffopt):
-        for step in range(problem.unroll_steps):
-            inner = problem.objective.inner(fstudent(problem.batch), problem.teacher_out, problem.batch)
-            if step == 0:
-                first["inner"] = float(inner.detach())
-            diffopt.step(inner, grad_callback=keep_first_grads)
-        quiz = problem.objective.quiz(fstudent(problem.quiz_batch), problem.quiz_batch)
-        grads = torch.autograd.grad(quiz, problem.phi, allow_unused=True)
-    phi_grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, problem.phi)]
-    return MetaResult(phi_grads, first["inner"], float(quiz.detach()), first["grads"])
+        with problem.timer.phase("pilot"):
+            for step in range(problem.unroll_steps):
+                inner = problem.objective.inner(fstudent(problem.batch), teacher, problem.batch)
+                if step == 0:
+                    first["inner"] = float(inner.detach())
+                diffopt.step(inner, grad_callback=keep_first_grads)
+        with problem.timer.phase("quiz"):
+            quiz = problem.objective.quiz(fstudent(problem.quiz_batch), problem.quiz_batch)
+        with problem.timer.phase("directional_derivative"):  # the backward through the unrolled pilot
+            z_grads = list(torch.autograd.grad(quiz, output_tensors(teacher), allow_unused=True))
+    return MetaResult(teacher_backward(problem, z_grads), first["inner"], float(quiz.detach()), first["grads"])

@@ -1,0 +1,45 @@
+"""Meta-gradient for one SGD pilot step by central differences (DARTS-style): no second-order
+graph and no forward-mode AD, so any attention kernel, and anything that runs forward, works.
+
+``⟨∇_θ L_in(θ, z_T), g⟩ ≈ [L_in(θ + εg, z_T) − L_in(θ − εg, z_T)] / 2ε`` with two no-grad student
+forwards; its gradient with respect to the teacher outputs, times −η, goes back through the
+teacher. ``ε = fd_epsilon / ‖g‖``, so the step in parameter space has length ``fd_epsilon``;
+the error is O(ε²).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..forward import Outputs
+from .base import (MetaProblem, MetaResult, detached_outputs, loss_gradient_wrt_teacher, output_tensors, param_names,
+                   pilot_gradient, quiz_gradient, require_one_sgd_step, student_outputs, teacher_backward)
+
+
+def finite_diff_meta_gradient(problem: MetaProblem) -> MetaResult:
+    """∇_φ L_quiz(θ − η∇_θ L_in) with the directional derivative by central differences."""
+    require_one_sgd_step(problem, "finite_diff")
+    if not (problem.fd_epsilon > 0 and math.isfinite(problem.fd_epsilon)):
+        raise ValueError(f"fd_epsilon must be a positive number, got {problem.fd_epsilon!r}")
+    teacher = detached_outputs(problem.teacher_out)
+    names = param_names(problem)
+    inner, pilot_grads, rng = pilot_gradient(problem, teacher)
+    quiz, g = quiz_gradient(problem, names, pilot_grads)
+    with problem.timer.phase("directional_derivative"):
+        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x) for x in g])))
+        if norm == 0.0 or not math.isfinite(norm):
+            z_grads = [None] * len(output_tensors(teacher))
+        else:
+            eps = problem.fd_epsilon / norm
+            sides = []
+            for sign in (1.0, -1.0):
+                shifted = {n: p.detach() + (sign * eps) * gi for n, p, gi in zip(names, problem.params, g)}
+                with torch.no_grad(), rng.replay():
+                    sides.append(Outputs(*student_outputs(problem, shifted)))
+                del shifted
+            diff = (problem.objective.inner(sides[0], teacher, problem.batch)
+                    - problem.objective.inner(sides[1], teacher, problem.batch)) / (2 * eps)
+            z_grads = loss_gradient_wrt_teacher(problem, diff, teacher)
+    return MetaResult(teacher_backward(problem, z_grads), inner, quiz, pilot_grads)
