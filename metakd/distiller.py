@@ -16,7 +16,7 @@ from . import data as data_mod
 from .config import DistillConfig
 from .evaluate import evaluate_classifier
 from .forward import Outputs, blocks_path, checkpointed_blocks, model_inputs, run
-from .metagrad import MetaProblem, meta_gradient
+from .metagrad import MetaProblem, MetaResult, meta_gradient
 from .metagrad.base import NullTimer
 from .models import (ModelError, attach_lora, count_parameters, find_layer_list, has_lora, meta_parameters,
                      use_eager_attention)
@@ -180,17 +180,27 @@ class MetaDistiller:
             self.student_optimizer.step()
         return float(loss.detach())
 
-    def _meta_update(self, batch: Mapping[str, Any], quiz_batch: Mapping[str, Any]) -> dict[str, float]:
+    def meta_gradient(self, batch: Mapping[str, Any], quiz_batch: Mapping[str, Any]) -> MetaResult:
+        """The meta-gradient ``∇_φ L_quiz`` of this batch and quiz batch with the configured backend,
+        without stepping anything (the teacher forward, pilot and quiz only)."""
         cfg = self.config
+        if not self.phi:
+            raise ValueError("meta_update='none' has no teacher meta parameters")
+        batch, quiz_batch = _to_device(batch, self.device), _to_device(quiz_batch, self.device)
+        self.teacher.eval()
+        self._student.train()
         with torch.enable_grad():
             t_out = self.teacher_outputs(batch, checkpointed=cfg.teacher_checkpointing)  # attached to φ
-            result = meta_gradient(cfg.meta_grad, MetaProblem(
+            return meta_gradient(cfg.meta_grad, MetaProblem(
                 student=self._student, params=self.student_params, objective=self.objective,
                 teacher_out=t_out, batch=batch, quiz_batch=quiz_batch, phi=self.phi,
                 pilot_lr=cfg.pilot_lr, unroll_steps=cfg.unroll_steps, pilot_optimizer=cfg.pilot_optimizer,
                 fd_epsilon=cfg.fd_epsilon, timer=self.timer,
             ))
-        del t_out
+
+    def _meta_update(self, batch: Mapping[str, Any], quiz_batch: Mapping[str, Any]) -> dict[str, float]:
+        cfg = self.config
+        result = self.meta_gradient(batch, quiz_batch)
         with self.timer.phase("teacher_step"):
             for p, g in zip(self.phi, result.phi_grads):
                 p.grad = g

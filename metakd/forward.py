@@ -72,8 +72,16 @@ def capture_hidden(model: nn.Module, blocks_path: str, layers: set[int]) -> Iter
 def checkpointed_blocks(model: nn.Module, blocks_path: str) -> Iterator[None]:
     """While active, every transformer block of ``model`` runs under activation checkpointing
     (``use_reentrant=False``): a forward keeps only each block's inputs and the backward recomputes
-    the rest. Works in eval mode (unlike Transformers' own switch) and leaves forward hooks intact."""
+    the rest. Works in eval mode (unlike Transformers' own switch) and leaves forward hooks intact.
+
+    The model's KV cache is off meanwhile (``config.use_cache``), as under Transformers' own
+    checkpointing: a decoder block (GPT-2) appends its keys to the cache object it was given, and
+    the recompute would append them a second time."""
     blocks = model.get_submodule(blocks_path)
+    config = getattr(model, "config", None)
+    cached = getattr(config, "use_cache", None)
+    if cached:
+        config.use_cache = False
     originals = []
     for block in blocks:
         original = block.forward
@@ -87,6 +95,8 @@ def checkpointed_blocks(model: nn.Module, blocks_path: str) -> Iterator[None]:
                 block.forward = block.forward.args[0]
             else:
                 del block.forward
+        if cached:
+            config.use_cache = cached
 
 
 def _checkpointed(forward, *args, **kwargs):

@@ -64,12 +64,17 @@ def test_pilot_schedules_update_student(pilot):
     assert any(not torch.equal(p, student_before[n]) for n, p in _snapshot(d.student).items())
 
 
-def test_reuse_student_step_is_the_pilot_gradient():
-    """With SGD students, 'reuse' moves θ by −student_lr·∇_θ L_in(θ, z_T(φ_old))."""
+BACKENDS = ["higher", "jvp", "finite_diff"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reuse_student_step_is_the_pilot_gradient(backend):
+    """With SGD students, 'reuse' moves θ by −student_lr·∇_θ L_in(θ, z_T(φ_old)), whatever the backend."""
     torch.manual_seed(0)
     teacher = tiny_classifier("bert", num_layers=3, seed=1, dtype=torch.float64)
     student = tiny_classifier("bert", num_layers=2, seed=2, dtype=torch.float64)
-    cfg = DistillConfig(meta_update="lora", pilot="reuse", student_optimizer="sgd", student_lr=0.1, progress=False)
+    cfg = DistillConfig(meta_update="lora", meta_grad=backend, pilot="reuse", student_optimizer="sgd",
+                        student_lr=0.1, progress=False)
     d = MetaDistiller(teacher, student, cfg)
     batch, quiz = make_batch(0), make_batch(1)
     with torch.no_grad():
@@ -82,10 +87,11 @@ def test_reuse_student_step_is_the_pilot_gradient():
         torch.testing.assert_close(p.detach(), b - 0.1 * g, rtol=1e-10, atol=1e-12)
 
 
-def test_meta_every_runs_plain_steps_between():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_meta_every_runs_plain_steps_between(backend):
     teacher, student = tiny_classifier("bert", num_layers=3, seed=1), tiny_classifier("bert", seed=2)
-    d = MetaDistiller(teacher, student, DistillConfig(meta_update="lora", meta_every=2, teacher_lr=1e-2,
-                                                      progress=False))
+    d = MetaDistiller(teacher, student, DistillConfig(meta_update="lora", meta_grad=backend, meta_every=2,
+                                                      teacher_lr=1e-2, progress=False))
     metas, adapters = [], []
     for i in range(4):
         before = [p.detach().clone() for p in d.phi]

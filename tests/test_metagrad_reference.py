@@ -58,14 +58,30 @@ def _max_rel_err(got, want):
     return num / den
 
 
-@pytest.mark.parametrize("mode", ["lora", "full"])
 # Feature layers avoid the last block: metakd reads block outputs, while Transformers applies
 # GPT-2's final LayerNorm to the last entry of `hidden_states`.
-@pytest.mark.parametrize("steps,features", [(1, None), (2, None), (1, {0: 0, 1: 2})])
-def test_teacher_moves_by_exactly_minus_meta_gradient(tiny_pair, mode, steps, features):
+FEATURES = {0: 0, 1: 2}
+# (backend, unroll steps, feature layers, max relative error). jvp is exact for one SGD pilot step
+# (measured 1e-12..1e-16 in float64); finite_diff carries its O(fd_epsilon²) truncation error
+# (measured <= ~1e-5 with the default fd_epsilon=1e-3). Only higher unrolls more than one step.
+CASES = [
+    ("higher", 1, None, 1e-6),
+    ("higher", 2, None, 1e-6),
+    ("higher", 1, FEATURES, 1e-6),
+    ("jvp", 1, None, 1e-6),
+    ("jvp", 1, FEATURES, 1e-6),
+    ("finite_diff", 1, None, 1e-4),
+    ("finite_diff", 1, FEATURES, 1e-4),
+]
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+@pytest.mark.parametrize("backend,steps,features,tol", CASES,
+                         ids=[f"{b}-{s}step-{'features' if f else 'logits'}" for b, s, f, _ in CASES])
+def test_teacher_moves_by_exactly_minus_meta_gradient(tiny_pair, mode, backend, steps, features, tol):
     teacher, student = tiny_pair
     cfg = DistillConfig(
-        meta_update=mode, meta_grad="higher", temperature=2.0, alpha=0.6, pilot_lr=0.5,
+        meta_update=mode, meta_grad=backend, temperature=2.0, alpha=0.6, pilot_lr=0.5,
         unroll_steps=steps, teacher_optimizer="sgd", teacher_lr=1.0, teacher_grad_clip=None,
         feature_layers=features, feature_weight=0.7 if features else 0.0, progress=False,
     )
@@ -81,4 +97,4 @@ def test_teacher_moves_by_exactly_minus_meta_gradient(tiny_pair, mode, steps, fe
     moved = [after.detach() - b for after, b in zip(d.phi, before)]
     assert len(moved) == len(want) > 0
     assert max(float(w.abs().max()) for w in want) > 0, "reference meta-gradient is identically zero"
-    assert _max_rel_err(moved, [-w for w in want]) <= 1e-6
+    assert _max_rel_err(moved, [-w for w in want]) <= tol

@@ -3,4 +3,5 @@
 
 BENCHMARKS = {
     "meta-update": "metakd.bench.meta_update",
+    "meta-grad": "metakd.bench.meta_grad",
 }
