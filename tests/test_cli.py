@@ -48,3 +48,39 @@ def test_cli_reports_missing_data_without_traceback(tmp_path):
                            "--data", str(tmp_path / "nope.tsv")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "metakd: error:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_bench_meta_grad_quick_end_to_end(tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.run([sys.executable, "-m", "metakd", "bench", "meta-grad", "--quick", "--depths", "1",
+                           "--backends", "higher,jvp", "--modes", "lora", "--pilots", "reuse", "--steps", "1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Time by phase" in proc.stdout and "Meta-step every k steps" in proc.stdout
+    payload = json.loads((out / "meta_grad_backends.json").read_text())
+    results = payload["results"]
+    plain = [r for r in results if r["mode"] == "none"]
+    meta = [r for r in results if r["mode"] == "lora"]
+    assert len(plain) == 1 and plain[0]["phases_median_seconds"]["pilot"] == 0.0
+    # the grid (higher, jvp), then meta_every 2 and 4 and a checkpointed-teacher run of the best backend
+    assert sorted((r["backend"], r["meta_every"], r["checkpointing"]) for r in meta) == [
+        ("higher", 1, False), ("jvp", 1, False), ("jvp", 1, True), ("jvp", 2, False), ("jvp", 4, False)]
+    for r in meta:
+        assert r["pilot"] == "reuse" and r["median_step_seconds"] > 0 and r["peak_memory_bytes"] > 0
+        assert r["time_vs_plain"] > 0
+        if r["meta_every"] == 1:
+            assert all(r["phases_median_seconds"][p] > 0 for p in ("teacher_forward", "pilot", "quiz",
+                                                                  "directional_derivative", "teacher_backward"))
+    jvp = next(r for r in meta if r["backend"] == "jvp" and r["meta_every"] == 1 and not r["checkpointing"])
+    assert jvp["rel_error_vs_higher"] < 1e-4  # same tiny teacher and batches in both processes
+    assert jvp["first_batch"]["grad_norm"] > 0
+    assert any("plain KD" in t for t in payload["targets"])
+    assert (out / "meta_grad_backends.md").read_text().count("|") > 20
+    assert (out / "meta_grad_backends.png").stat().st_size > 1000
+
+
+def test_bench_meta_grad_rejects_unknown_backend():
+    proc = subprocess.run([sys.executable, "-m", "metakd", "bench", "meta-grad", "--backends", "higher,magic"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--backends" in proc.stderr

@@ -4,9 +4,9 @@ Prints tables and writes results/meta_grad_backends.{json,md,png}.
 
     metakd bench meta-grad [--quick] [--steps N] [--depths 2,6] [--device cpu|cuda] [--out results]
 
-Every configuration runs in its own process (peak memory is per process). Timing is the median
-over the measured steps after one warm-up meta-gradient on the first batch; that first
-meta-gradient is also written out and compared with the ``higher`` backend's.
+Every configuration runs in its own process (peak memory is per process). Before the steps, the
+meta-gradient of the first batch is computed and compared with the ``higher`` backend's; timing
+is the median over the measured steps after the warm-up steps.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ PHASE_LABELS = {"teacher_forward": "teacher fwd", "pilot": "pilot", "quiz": "qui
                 "teacher_step": "teacher step", "student_step": "student step"}
 EVERY = (2, 4)
 
-FULL = dict(steps=5, batch_size=32, seq_len=64, depths=(2, 6))
-QUICK = dict(steps=2, batch_size=8, seq_len=16, depths=(1, 2))
+FULL = dict(steps=5, warmup=2, batch_size=32, seq_len=64, depths=(2, 6))
+QUICK = dict(steps=2, warmup=1, batch_size=8, seq_len=16, depths=(1, 2))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -46,22 +46,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="tiny random teacher and students, short batches (a smoke test, about a minute)")
-    p.add_argument("--steps", type=int, help="measured steps per configuration (after one warm-up)")
+    p.add_argument("--steps", type=int, help="measured steps per configuration (after the warm-up steps)")
+    p.add_argument("--warmup", type=int, help="unmeasured steps first (the allocator and caches settle)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seq-len", type=int, help="tokens per example (every batch is padded to this length)")
     p.add_argument("--depths", help="comma-separated student depths (blocks)")
     p.add_argument("--backends", default=",".join(BACKENDS), help="subset of higher,jvp,finite_diff")
+    p.add_argument("--modes", default=",".join(MODES), help="teacher meta-update: subset of lora,full")
+    p.add_argument("--pilots", default=",".join(PILOTS), help="real student step: subset of restore,reuse")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results", help="directory for the result files")
     p.add_argument("--worker", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     s = dict(QUICK if args.quick else FULL)
-    for key in ("steps", "batch_size", "seq_len"):
+    for key in ("steps", "warmup", "batch_size", "seq_len"):
         value = getattr(args, key)
         if value is not None:
-            if value < 1:
-                p.error(f"--{key.replace('_', '-')} must be >= 1")
+            if value < (0 if key == "warmup" else 1):
+                p.error(f"--{key.replace('_', '-')} must be >= {0 if key == 'warmup' else 1}")
             s[key] = value
     if args.depths:
         try:
@@ -70,10 +73,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--depths takes comma-separated integers, got {args.depths!r}")
         if not s["depths"] or min(s["depths"]) < 1:
             p.error("--depths must be positive integers")
-    args.backend_list = [b.strip() for b in args.backends.split(",") if b.strip()]
-    bad = [b for b in args.backend_list if b not in BACKENDS]
-    if bad or not args.backend_list:
-        p.error(f"--backends takes a subset of {','.join(BACKENDS)}; got {args.backends!r}")
+    for flag, allowed in (("backends", BACKENDS), ("modes", MODES), ("pilots", PILOTS)):
+        chosen = [b.strip() for b in getattr(args, flag).split(",") if b.strip()]
+        if not chosen or any(b not in allowed for b in chosen):
+            p.error(f"--{flag} takes a subset of {','.join(allowed)}; got {getattr(args, flag)!r}")
+        setattr(args, f"{flag[:-1]}_list", chosen)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda but torch sees no CUDA device")
     args.settings = s
@@ -183,8 +187,8 @@ def grid(args: argparse.Namespace) -> list[dict[str, Any]]:
     for depth in s["depths"]:
         specs.append(dict(depth=depth, backend=None, mode="none", pilot="restore"))
         for backend in args.backend_list:
-            for mode in MODES:
-                for pilot in PILOTS:
+            for mode in args.mode_list:
+                for pilot in args.pilot_list:
                     specs.append(dict(depth=depth, backend=backend, mode=mode, pilot=pilot))
     return specs
 
@@ -210,7 +214,7 @@ def run_spec(args: argparse.Namespace, spec: dict[str, Any], tmp: Path, index: i
     s = args.settings
     spec = {"meta_every": 1, "checkpointing": False, **spec}
     spec.update(label=_label(spec), seed=args.seed, quick=args.quick, device=args.device, steps=s["steps"],
-                warmup=1, batch_size=s["batch_size"], seq_len=s["seq_len"], distill=_distill(args, spec),
+                warmup=s["warmup"], batch_size=s["batch_size"], seq_len=s["seq_len"], distill=_distill(args, spec),
                 dump=str(tmp / f"grad-{index}.pt"))
     if spec["meta_every"] > 1:  # whole cycles of meta_every steps, after the warm-up
         spec["steps"] = max(spec["steps"], 2 * spec["meta_every"])
@@ -218,6 +222,8 @@ def run_spec(args: argparse.Namespace, spec: dict[str, Any], tmp: Path, index: i
     print(f"[{index}/{total}] {spec['label']}", file=sys.stderr, flush=True)
     result = run_worker(__name__, spec)
     result["dump"] = spec["dump"]
+    print(f"    {result['median_step_seconds']:.3f} s/step (median), peak memory {fmt_bytes(result['peak_memory_bytes'])}",
+          file=sys.stderr, flush=True)
     return result
 
 
@@ -304,9 +310,9 @@ def find(results, **want) -> dict[str, Any] | None:
     return None
 
 
-def best_backend(results: list[dict[str, Any]], depth: int, pilot: str = "reuse") -> str | None:
-    """The fastest exact first-order backend for a LoRA meta-update at ``depth``."""
-    cands = [r for r in results if r["depth"] == depth and r["mode"] == "lora" and r["pilot"] == pilot
+def best_backend(results: list[dict[str, Any]], depth: int, mode: str = "lora", pilot: str = "reuse") -> str | None:
+    """The fastest first-order backend (jvp or finite_diff) for ``mode``/``pilot`` at ``depth``."""
+    cands = [r for r in results if r["depth"] == depth and r["mode"] == mode and r["pilot"] == pilot
              and r["backend"] in ("jvp", "finite_diff") and r["meta_every"] == 1 and not r["checkpointing"]]
     return min(cands, key=lambda r: r["median_step_seconds"])["backend"] if cands else None
 
@@ -391,10 +397,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="metakd-meta-grad-") as tmp:
         for i, spec in enumerate(specs, 1):
             results.append(run_spec(args, spec, Path(tmp), i, total))
-        best = best_backend(results, shallow) or args.backend_list[0]
-        extra = [dict(depth=shallow, backend=best, mode="lora", pilot="reuse", meta_every=k) for k in EVERY]
-        best_deep = best_backend(results, deep) or args.backend_list[0]
-        extra.append(dict(depth=deep, backend=best_deep, mode="lora", pilot="reuse", checkpointing=True))
+        # meta_every and teacher checkpointing for the best first-order backend (LoRA; reuse if measured)
+        mode = "lora" if "lora" in args.mode_list else args.mode_list[0]
+        pilot = "reuse" if "reuse" in args.pilot_list else args.pilot_list[0]
+        best = best_backend(results, shallow, mode, pilot) or args.backend_list[-1]
+        extra = [dict(depth=shallow, backend=best, mode=mode, pilot=pilot, meta_every=k) for k in EVERY]
+        best_deep = best_backend(results, deep, mode, pilot) or args.backend_list[-1]
+        extra.append(dict(depth=deep, backend=best_deep, mode=mode, pilot=pilot, checkpointing=True))
         for j, spec in enumerate(extra, len(specs) + 1):
             results.append(run_spec(args, spec, Path(tmp), j, total))
         add_ratios_and_agreement(results)
@@ -407,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
                else "pretrained MiniLM-L6-H384 (22.7M parameters; LoRA r=8 on query/value)")
     notes = targets + [
         f"teacher: {teacher}; student: the teacher's first N blocks (same width); batch {s['batch_size']} × "
-        f"{s['seq_len']} tokens; {s['steps']} measured steps per configuration after one warm-up "
+        f"{s['seq_len']} tokens; {s['steps']} measured steps per configuration after {s['warmup']} warm-up steps "
         "(meta_every runs: whole cycles), median",
         "higher and jvp run the student with eager attention (no double backward / forward derivative in fused "
         "SDPA kernels); plain KD and finite_diff keep the model's default attention",
