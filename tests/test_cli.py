@@ -78,6 +78,13 @@ def test_bench_meta_grad_quick_end_to_end(tmp_path):
     assert any("plain KD" in t for t in payload["targets"])
     assert (out / "meta_grad_backends.md").read_text().count("|") > 20
     assert (out / "meta_grad_backends.png").stat().st_size > 1000
+    # --render rebuilds the same report from the JSON without measuring anything
+    again = tmp_path / "again"
+    proc = subprocess.run([sys.executable, "-m", "metakd", "bench", "meta-grad", "--render",
+                           str(out / "meta_grad_backends.json"), "--out", str(again)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (again / "meta_grad_backends.md").read_text() == (out / "meta_grad_backends.md").read_text()
 
 
 def test_bench_meta_grad_rejects_unknown_backend():
