@@ -6,7 +6,6 @@ detached, because the meta-gradient flows through them into the teacher.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

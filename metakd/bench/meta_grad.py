@@ -24,7 +24,7 @@ import torch
 from ..config import DistillConfig
 from ..distiller import MetaDistiller
 from ..telemetry import PhaseTimer, measure
-from .report import fmt_bytes, machine_line, markdown_table, run_worker, write_results
+from .report import fmt_bytes, machine_line, markdown_table, run_worker, serve_worker, write_results
 
 NAME = "meta_grad_backends"
 BACKENDS = ("higher", "jvp", "finite_diff")
@@ -388,9 +388,7 @@ def plot(results: list[dict[str, Any]], depths: tuple[int, ...], path: Path) -> 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
-        spec = json.loads(Path(args.worker[0]).read_text())
-        Path(args.worker[1]).write_text(json.dumps(run_config(spec)))
-        return 0
+        return serve_worker(args.worker, run_config)
     if args.render:
         report(json.loads(Path(args.render).read_text()), args.out)
         return 0

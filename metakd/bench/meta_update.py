@@ -7,7 +7,6 @@ student initialisation. Prints a table and writes results/meta_update.{json,md,p
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -22,7 +21,7 @@ from ..distiller import MetaDistiller
 from ..finetune import cache_key, cached_model, evaluate_model, finetune_classifier
 from ..models import embedded_teacher_path, load_classifier, student_from_teacher, use_eager_attention
 from ..telemetry import EnergyMeter, measure
-from .report import fmt_bytes, machine_line, markdown_table, run_worker, write_results
+from .report import fmt_bytes, machine_line, markdown_table, run_worker, serve_worker, write_results
 
 NAME = "meta_update"
 MODES = ("none", "lora", "full")
@@ -214,9 +213,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
-        spec = json.loads(Path(args.worker[0]).read_text())
-        Path(args.worker[1]).write_text(json.dumps(run_mode(spec)))
-        return 0
+        return serve_worker(args.worker, run_mode)
 
     s = args.settings
     base_cfg = DistillConfig.from_yaml(args.config) if args.config else DistillConfig(

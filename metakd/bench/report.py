@@ -29,6 +29,13 @@ def run_worker(module: str, spec: dict[str, Any]) -> dict[str, Any]:
         return json.loads(out_path.read_text())
 
 
+def serve_worker(paths: Sequence[str], fn) -> int:
+    """The worker side of ``run_worker``: read the spec, run ``fn(spec)``, write its JSON result."""
+    spec = json.loads(Path(paths[0]).read_text())
+    Path(paths[1]).write_text(json.dumps(fn(spec)))
+    return 0
+
+
 def fmt_bytes(n: float | None) -> str:
     if n is None:
         return "n/a"
