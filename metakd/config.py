@@ -14,6 +14,7 @@ import yaml
 META_UPDATES = ("none", "lora", "full")
 META_GRADS = ("higher", "jvp", "finite_diff")
 PILOTS = ("restore", "reuse")
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 OPTIMIZERS = ("adamw", "sgd")
 PILOT_OPTIMIZERS = ("sgd", "adam")
 
@@ -27,7 +28,7 @@ class DistillConfig:
     """Everything that defines a learning-to-teach distillation run.
 
     The inner (distillation) loss is
-    ``alpha * T^2 * KL(softmax(z_T/T) || softmax(z_S/T)) + (1 - alpha) * CE(z_S, y)
+    ``alpha * T^2 * D(softmax(z_T/T), softmax(z_S/T)) + (1 - alpha) * CE(z_S, y)
     + feature_weight * L_feat``.
     """
 
@@ -50,7 +51,12 @@ class DistillConfig:
     temperature: float = 2.0
     """Softmax temperature T of the soft term (> 0)."""
     alpha: float = 0.5
-    """Weight of the soft (KL) term; 1 - alpha weighs the hard-label cross-entropy."""
+    """Weight of the soft term; 1 - alpha weighs the hard-label cross-entropy."""
+    divergence: str = "forward_kl"
+    """Soft term: "forward_kl" KL(p_T || p_S) (Hinton et al.), "reverse_kl" KL(p_S || p_T)
+    (mode-seeking), or "jsd" (generalized Jensen-Shannon with jsd_beta); each times T^2."""
+    jsd_beta: float = 0.5
+    """beta of the generalized JSD, in (0, 1): beta*KL(p_T||m) + (1-beta)*KL(p_S||m), m = beta*p_T + (1-beta)*p_S."""
     pilot_lr: float = 1e-3
     """Step size of the differentiable pilot student step."""
     pilot_optimizer: str = "sgd"
@@ -114,6 +120,9 @@ class DistillConfig:
         _choice("meta_update", self.meta_update, META_UPDATES)
         _choice("meta_grad", self.meta_grad, META_GRADS)
         _choice("pilot", self.pilot, PILOTS)
+        _choice("divergence", self.divergence, DIVERGENCES)
+        if not (_is_number(self.jsd_beta) and 0.0 < self.jsd_beta < 1.0):
+            raise ConfigError(f"jsd_beta must be in (0, 1), got {self.jsd_beta!r}")
         _choice("pilot_optimizer", self.pilot_optimizer, PILOT_OPTIMIZERS)
         _choice("student_optimizer", self.student_optimizer, OPTIMIZERS)
         _choice("teacher_optimizer", self.teacher_optimizer, OPTIMIZERS)

@@ -92,7 +92,8 @@ class MetaDistiller:
         ).to(self.device)
         self.teacher_blocks = (blocks_path(self.teacher)
                                if feature_layers or (cfg.teacher_checkpointing and cfg.meta_update != "none") else None)
-        self.objective = Objective(cfg.temperature, cfg.alpha, feature_layers, cfg.feature_weight)
+        self.objective = Objective(cfg.temperature, cfg.alpha, feature_layers, cfg.feature_weight,
+                                   cfg.divergence, cfg.jsd_beta)
 
         self.student_params = [p for p in self._student.parameters() if p.requires_grad]
         if not self.student_params:

@@ -6,8 +6,24 @@ detached, because the meta-gradient flows through them into the teacher.
 
 from __future__ import annotations
 
+import math
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+
+
+def _log_probs(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student and teacher logits differ in shape: {tuple(student_logits.shape)} vs "
+            f"{tuple(teacher_logits.shape)}"
+        )
+    t = float(temperature)
+    return F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1)
 
 
 def kd_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -15,16 +31,41 @@ def kd_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) ->
 
     Logits are ``[..., C]``; every leading position counts as one row.
     """
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"student and teacher logits differ in shape: {tuple(student_logits.shape)} vs "
-            f"{tuple(teacher_logits.shape)}"
-        )
-    t = float(temperature)
-    log_p_s = F.log_softmax(student_logits / t, dim=-1)
-    log_p_t = F.log_softmax(teacher_logits / t, dim=-1)
+    log_p_s, log_p_t = _log_probs(student_logits, teacher_logits, temperature)
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)
-    return kl.mean() * (t * t)
+    return kl.mean() * (float(temperature) ** 2)
+
+
+def kd_reverse_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """``T^2 * KL(softmax(z_S/T) || softmax(z_T/T))`` (mode-seeking), mean over rows."""
+    log_p_s, log_p_t = _log_probs(student_logits, teacher_logits, temperature)
+    kl = (log_p_s.exp() * (log_p_s - log_p_t)).sum(-1)
+    return kl.mean() * (float(temperature) ** 2)
+
+
+def kd_jsd(student_logits: Tensor, teacher_logits: Tensor, temperature: float, beta: float = 0.5) -> Tensor:
+    """``T^2 * JSD_β``, the generalized Jensen-Shannon divergence of GKD (Agarwal et al., 2024):
+    ``β KL(p_T || m) + (1-β) KL(p_S || m)`` with ``m = β p_T + (1-β) p_S``; mean over rows.
+    β = 0.5 is the symmetric JSD (at most ln 2 per row before the T² factor)."""
+    if not 0.0 < beta < 1.0:
+        raise ValueError(f"jsd beta must be in (0, 1), got {beta!r}")
+    log_p_s, log_p_t = _log_probs(student_logits, teacher_logits, temperature)
+    log_m = torch.logsumexp(torch.stack([log_p_t + math.log(beta), log_p_s + math.log1p(-beta)]), dim=0)
+    p_t, p_s = log_p_t.exp(), log_p_s.exp()
+    jsd = beta * (p_t * (log_p_t - log_m)).sum(-1) + (1.0 - beta) * (p_s * (log_p_s - log_m)).sum(-1)
+    return jsd.mean() * (float(temperature) ** 2)
+
+
+def kd_divergence(student_logits: Tensor, teacher_logits: Tensor, temperature: float,
+                  divergence: str = "forward_kl", beta: float = 0.5) -> Tensor:
+    """The soft term by name: ``forward_kl`` (default), ``reverse_kl`` or ``jsd`` (with ``beta``)."""
+    if divergence == "forward_kl":
+        return kd_kl(student_logits, teacher_logits, temperature)
+    if divergence == "reverse_kl":
+        return kd_reverse_kl(student_logits, teacher_logits, temperature)
+    if divergence == "jsd":
+        return kd_jsd(student_logits, teacher_logits, temperature, beta)
+    raise ValueError(f"unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}")
 
 
 def hard_ce(student_logits: Tensor, labels: Tensor) -> Tensor:
@@ -38,11 +79,14 @@ def kd_loss(
     labels: Tensor,
     temperature: float,
     alpha: float,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
 ) -> Tensor:
-    """``alpha * kd_kl + (1 - alpha) * hard_ce``; a zero weight skips its term entirely."""
+    """``alpha * soft + (1 - alpha) * hard_ce`` with the soft term ``kd_divergence``; a zero weight
+    skips its term entirely."""
     loss = student_logits.new_zeros(())
     if alpha > 0:
-        loss = loss + alpha * kd_kl(student_logits, teacher_logits, temperature)
+        loss = loss + alpha * kd_divergence(student_logits, teacher_logits, temperature, divergence, beta)
     if alpha < 1:
         loss = loss + (1.0 - alpha) * hard_ce(student_logits, labels)
     return loss

@@ -40,17 +40,21 @@ class DistillStudent(nn.Module):
 
 
 class Objective:
-    """Inner loss ``alpha·T²·KL + (1−alpha)·CE + feature_weight·L_feat`` and quiz loss ``CE``."""
+    """Inner loss ``alpha·T²·D + (1−alpha)·CE + feature_weight·L_feat`` (D: forward KL, reverse KL
+    or generalized JSD) and quiz loss ``CE``."""
 
     def __init__(self, temperature: float, alpha: float, feature_layers: Mapping[int, int] | None,
-                 feature_weight: float):
+                 feature_weight: float, divergence: str = "forward_kl", jsd_beta: float = 0.5):
         self.temperature = temperature
         self.alpha = alpha
+        self.divergence = divergence
+        self.jsd_beta = jsd_beta
         self.feature_layers = dict(feature_layers or {})
         self.feature_weight = feature_weight if self.feature_layers else 0.0
 
     def inner(self, student: Outputs, teacher: Outputs, batch: Mapping[str, Any]) -> Tensor:
-        loss = losses.kd_loss(student.logits, teacher.logits, batch["labels"], self.temperature, self.alpha)
+        loss = losses.kd_loss(student.logits, teacher.logits, batch["labels"], self.temperature, self.alpha,
+                              self.divergence, self.jsd_beta)
         if self.feature_weight > 0:
             loss = loss + self.feature_weight * self.feature(student, teacher, batch)
         return loss

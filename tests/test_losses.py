@@ -276,3 +276,73 @@ def test_masked_mean_pool_fully_masked_row_is_zero_not_nan():
     assert torch.isfinite(pooled).all()
     torch.testing.assert_close(pooled[0], torch.ones(4, dtype=torch.float64))
     torch.testing.assert_close(pooled[1], torch.zeros(4, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------------- divergences
+from metakd.losses import DIVERGENCES, kd_divergence, kd_jsd, kd_reverse_kl  # noqa: E402
+
+betas = st.floats(min_value=0.01, max_value=0.99, allow_nan=False)
+
+
+def _probs(z: torch.Tensor, t: float) -> torch.Tensor:
+    return F.softmax(z / t, dim=-1)
+
+
+@SETTINGS
+@given(logit_pair(), temperatures)
+def test_reverse_kl_matches_its_definition_and_is_forward_kl_with_roles_swapped(pair, t):
+    zs, zt = pair
+    ps, pt = _probs(zs, t), _probs(zt, t)
+    want = (ps * (ps.log() - pt.log())).sum(-1).mean() * t * t
+    assert torch.allclose(kd_reverse_kl(zs, zt, t), want, rtol=1e-9, atol=1e-9)
+    assert torch.allclose(kd_reverse_kl(zs, zt, t), kd_kl(zt, zs, t), rtol=1e-12, atol=1e-12)
+
+
+@SETTINGS
+@given(logit_pair(), temperatures, betas)
+def test_jsd_matches_its_definition(pair, t, beta):
+    zs, zt = pair
+    ps, pt = _probs(zs, t), _probs(zt, t)
+    m = beta * pt + (1 - beta) * ps
+    want = (beta * (pt * (pt.log() - m.log())).sum(-1) + (1 - beta) * (ps * (ps.log() - m.log())).sum(-1))
+    assert torch.allclose(kd_jsd(zs, zt, t, beta), want.mean() * t * t, rtol=1e-8, atol=1e-9)
+
+
+@SETTINGS
+@given(logit_pair(), temperatures, betas)
+def test_jsd_swapping_roles_is_jsd_of_one_minus_beta(pair, t, beta):
+    zs, zt = pair
+    assert torch.allclose(kd_jsd(zs, zt, t, beta), kd_jsd(zt, zs, t, 1 - beta), rtol=1e-9, atol=1e-10)
+
+
+@SETTINGS
+@given(logit_pair(), temperatures)
+def test_symmetric_jsd_is_bounded_by_ln2(pair, t):
+    zs, zt = pair
+    value = float(kd_jsd(zs, zt, t, 0.5)) / (t * t)
+    assert -1e-12 <= value <= math.log(2) + 1e-12
+
+
+@SETTINGS
+@given(logit_pair(), temperatures, st.sampled_from(DIVERGENCES), betas)
+def test_every_divergence_is_non_negative_and_zero_on_equal_logits(pair, t, name, beta):
+    zs, zt = pair
+    assert float(kd_divergence(zs, zt, t, name, beta)) >= -1e-10
+    assert abs(float(kd_divergence(zt, zt, t, name, beta))) <= 1e-10
+
+
+def test_kd_loss_default_soft_term_is_forward_kl():
+    g = torch.Generator().manual_seed(0)
+    zs, zt = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(4, 3, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0])
+    assert torch.equal(kd_loss(zs, zt, y, 2.0, 0.7), kd_loss(zs, zt, y, 2.0, 0.7, "forward_kl"))
+    assert not torch.allclose(kd_loss(zs, zt, y, 2.0, 0.7, "reverse_kl"), kd_loss(zs, zt, y, 2.0, 0.7))
+
+
+def test_unknown_divergence_and_bad_beta_are_refused():
+    z = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="unknown divergence"):
+        kd_divergence(z, z, 1.0, "wasserstein")
+    for beta in (0.0, 1.0, -0.5):
+        with pytest.raises(ValueError, match="beta"):
+            kd_jsd(z, z, 1.0, beta)

@@ -312,3 +312,14 @@ def test_no_timer_no_phase_times(mode):
     metrics = d.step(make_batch(0), make_batch(1))
     assert metrics["meta"] == (1.0 if mode == "lora" else 0.0)
     assert not [k for k in metrics if k.startswith("time_")]
+
+
+@pytest.mark.parametrize("divergence", ["reverse_kl", "jsd"])
+@pytest.mark.parametrize("backend,tol", [("jvp", 1e-6), ("finite_diff", 1e-4)])
+def test_first_order_backends_agree_with_higher_for_every_divergence(arch, divergence, backend, tol):
+    """The backends differentiate whatever L_in the config defines: reverse KL and JSD included."""
+    batch, quiz = make_batch(0), make_batch(1)
+    want = _teacher_move(_distiller(arch, "higher", divergence=divergence, jsd_beta=0.3), batch, quiz)
+    got = _teacher_move(_distiller(arch, backend, divergence=divergence, jsd_beta=0.3), batch, quiz)
+    assert _largest(want) > 0
+    assert _max_rel_err(got, want) <= tol
