@@ -86,6 +86,14 @@ class DistillConfig:
     lora_target_modules: list[str] | None = None
     """Module names that get LoRA adapters; None picks defaults for the architecture
     (peft's table, e.g. query/value for BERT, c_attn for GPT-2, else every Linear but the head)."""
+    student_lora: bool = False
+    """Train the student through LoRA adapters (plus its classification head) instead of every
+    weight: the LLM-Neo setting. Works in every meta mode and with every backend."""
+    student_lora_r: int = 4
+    student_lora_alpha: int = 8
+    student_lora_target_modules: list[str] | None = None
+    """None: the attention q/k/v projections of known architectures (query/key/value for BERT,
+    c_attn for GPT-2, q_proj/k_proj/v_proj for Llama-style models)."""
     feature_layers: dict[int, int] | None = None
     """Hidden-state distillation map: student layer -> teacher layer (0 = embeddings output,
     i = output of block i, before any final norm). None or empty disables the feature loss."""
@@ -112,6 +120,8 @@ class DistillConfig:
             self.feature_layers = {int(k): int(v) for k, v in dict(self.feature_layers).items()}
         if self.lora_target_modules is not None:
             self.lora_target_modules = list(self.lora_target_modules)
+        if self.student_lora_target_modules is not None:
+            self.student_lora_target_modules = list(self.student_lora_target_modules)
         self.validate()
 
     # ------------------------------------------------------------------ validation
@@ -142,7 +152,7 @@ class DistillConfig:
         if self.teacher_grad_clip is not None:
             _positive("teacher_grad_clip", self.teacher_grad_clip)
         for name in ("unroll_steps", "meta_every", "batch_size", "eval_batch_size", "epochs",
-                     "lora_r", "lora_alpha", "max_length"):
+                     "lora_r", "lora_alpha", "student_lora_r", "student_lora_alpha", "max_length"):
             _positive_int(name, getattr(self, name))
         for name in ("max_steps", "quiz_batch_size", "eval_every"):
             if getattr(self, name) is not None:
@@ -161,6 +171,11 @@ class DistillConfig:
         if self.unroll_steps > 1 and self.meta_grad != "higher":
             raise ConfigError(f"unroll_steps={self.unroll_steps} needs meta_grad='higher' ({self.meta_grad!r} is "
                               "exact for one SGD pilot step)")
+        if not isinstance(self.student_lora, bool):
+            raise ConfigError(f"student_lora must be true or false, got {self.student_lora!r}")
+        if self.student_lora and self.meta_grad == "higher" and self.meta_update != "none":
+            raise ConfigError("student_lora with meta_grad='higher' is not supported: higher cannot patch peft's "
+                              "LoRA layers; use meta_grad='jvp' (exact) or 'finite_diff'")
         if not isinstance(self.teacher_checkpointing, bool):
             raise ConfigError(f"teacher_checkpointing must be true or false, got {self.teacher_checkpointing!r}")
 

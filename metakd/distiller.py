@@ -18,8 +18,8 @@ from .evaluate import evaluate_classifier
 from .forward import Outputs, blocks_path, checkpointed_blocks, model_inputs, run
 from .metagrad import MetaProblem, MetaResult, meta_gradient
 from .metagrad.base import NullTimer
-from .models import (ModelError, attach_lora, count_parameters, find_layer_list, has_lora, meta_parameters,
-                     use_eager_attention)
+from .models import (ModelError, attach_lora, attach_student_lora, count_parameters, find_layer_list, has_lora,
+                     meta_parameters, use_eager_attention)
 from .objective import DistillStudent, Objective
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,9 @@ class MetaDistiller:
             teacher = attach_lora(teacher, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
         self.teacher = teacher.to(self.device)
         self.phi = meta_parameters(self.teacher, cfg.meta_update)
+        if cfg.student_lora and not has_lora(student):
+            student = attach_student_lora(student, cfg.student_lora_r, cfg.student_lora_alpha, 0.0,
+                                          cfg.student_lora_target_modules)
         if cfg.meta_update != "none" and cfg.meta_grad in ("higher", "jvp"):
             # fused SDPA kernels have no double backward (higher) and no forward derivative (jvp)
             use_eager_attention(student)

@@ -201,6 +201,36 @@ def attach_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_mod
     return wrapped
 
 
+# q/k/v projections by architecture: the LLM-Neo setting for a LoRA student.
+STUDENT_LORA_TARGETS = {
+    "bert": ["query", "key", "value"],
+    "roberta": ["query", "key", "value"],
+    "distilbert": ["q_lin", "k_lin", "v_lin"],
+    "gpt2": ["c_attn"],
+    "llama": ["q_proj", "k_proj", "v_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj"],
+}
+HEAD_NAMES = ("classifier", "score")
+
+
+def default_student_lora_targets(model: nn.Module) -> list[str]:
+    """The student's attention q/k/v projections for known architectures, else peft's defaults."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return list(STUDENT_LORA_TARGETS.get(model_type) or default_lora_targets(model))
+
+
+def attach_student_lora(student: nn.Module, r: int, alpha: int, dropout: float,
+                        target_modules: list[str] | None) -> nn.Module:
+    """LoRA adapters on the student (default q/k/v); the adapters and the classification head (if
+    any: a head initialised for the task must learn it) are its trainable parameters."""
+    wrapped = attach_lora(student, r, alpha, dropout, target_modules or default_student_lora_targets(student))
+    for name, p in wrapped.named_parameters():
+        if any(f".{h}." in f".{name}" for h in HEAD_NAMES):
+            p.requires_grad_(True)
+    return wrapped
+
+
 def meta_parameters(teacher: nn.Module, mode: str) -> list[nn.Parameter]:
     """Set ``requires_grad`` for the meta mode and return φ, the teacher parameters it trains."""
     phi = []
