@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
@@ -317,6 +319,60 @@ class MetaDistiller:
             return evaluate_classifier(lambda b: net(**model_inputs(b, side)).logits, batches, self.num_labels)
         finally:
             net.train(was_training)
+
+
+    def save(self, directory: str | Path, tokenizer: Any = None) -> Path:
+        """Save the result with the Hugging Face / peft APIs, safetensors only, atomically (a crash
+        mid-save leaves the previous save intact):
+
+        - ``student/``: the distilled student (LoRA adapters merged in when ``student_lora``),
+          reloadable with ``AutoModel*.from_pretrained``; ``student_adapters/`` holds the bare
+          adapters too (``PeftModel.from_pretrained`` on the original student);
+        - ``teacher_adapters/`` (lora mode: ``PeftModel.from_pretrained(base_teacher, ...)``) or
+          ``teacher/`` (full mode: the whole meta-updated teacher); nothing for plain KD;
+        - ``feature_projections.safetensors`` when feature distillation learned projections;
+        - ``distill_config.yaml``; the tokenizer in ``student/`` and ``teacher*/`` when given.
+        """
+        import shutil
+        import tempfile
+
+        from safetensors.torch import save_file
+
+        target = Path(directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            student = self.student
+            if has_lora(student):
+                student.save_pretrained(str(tmp / "student_adapters"), safe_serialization=True)
+                student = copy.deepcopy(student).merge_and_unload()
+            student.save_pretrained(str(tmp / "student"), safe_serialization=True)
+            teacher_dir = None
+            if self.config.meta_update == "lora":
+                teacher_dir = tmp / "teacher_adapters"
+            elif self.config.meta_update == "full":
+                teacher_dir = tmp / "teacher"
+            if teacher_dir is not None:
+                self.teacher.save_pretrained(str(teacher_dir), safe_serialization=True)
+            if tokenizer is not None:
+                for d in [tmp / "student"] + ([teacher_dir] if teacher_dir is not None else []):
+                    tokenizer.save_pretrained(str(d))
+            if len(self._student.projections):
+                save_file({k: v.detach().cpu().contiguous() for k, v in self._student.projections.state_dict().items()},
+                          str(tmp / "feature_projections.safetensors"))
+            self.config.save_yaml(tmp / "distill_config.yaml")
+            old = None
+            if target.exists():
+                old = target.with_name(f".{target.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                target.rename(old)
+            tmp.rename(target)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
 
 
 __all__ = ["MetaDistiller", "make_optimizer"]

@@ -178,11 +178,13 @@ def default_lora_targets(model: nn.Module) -> list[str]:
     return names
 
 
-def attach_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modules: list[str] | None):
-    """Wrap ``model`` with fresh LoRA adapters (peft); only the adapters are trainable.
+def attach_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modules: list[str] | None,
+                modules_to_save: list[str] | None = None):
+    """Wrap ``model`` with fresh LoRA adapters (peft); only the adapters (and ``modules_to_save``,
+    trainable copies that peft saves with the adapters) are trainable.
 
-    No task type is set, so peft adds no trainable copy of the classifier head: the meta-update
-    reaches the adapters and nothing else.
+    No task type is set, so peft adds no trainable copy of the classifier head unless asked: the
+    teacher's meta-update reaches the adapters and nothing else.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -191,7 +193,7 @@ def attach_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_mod
     fan_in_fan_out = any(type(m).__name__ == "Conv1D" and n.rsplit(".", 1)[-1] in targets
                          for n, m in model.named_modules())
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-                        fan_in_fan_out=fan_in_fan_out)
+                        fan_in_fan_out=fan_in_fan_out, modules_to_save=modules_to_save)
     try:
         # peft probes a deprecated Transformers attribute; the warning is not the user's concern.
         with warnings.catch_warnings(action="ignore", category=FutureWarning):
@@ -224,11 +226,9 @@ def attach_student_lora(student: nn.Module, r: int, alpha: int, dropout: float,
                         target_modules: list[str] | None) -> nn.Module:
     """LoRA adapters on the student (default q/k/v); the adapters and the classification head (if
     any: a head initialised for the task must learn it) are its trainable parameters."""
-    wrapped = attach_lora(student, r, alpha, dropout, target_modules or default_student_lora_targets(student))
-    for name, p in wrapped.named_parameters():
-        if any(f".{h}." in f".{name}" for h in HEAD_NAMES):
-            p.requires_grad_(True)
-    return wrapped
+    heads = sorted({n.rsplit(".", 1)[-1] for n, _ in student.named_modules() if n.rsplit(".", 1)[-1] in HEAD_NAMES})
+    return attach_lora(student, r, alpha, dropout, target_modules or default_student_lora_targets(student),
+                       modules_to_save=heads or None)
 
 
 def meta_parameters(teacher: nn.Module, mode: str) -> list[nn.Parameter]:
