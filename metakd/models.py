@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -111,11 +111,27 @@ def find_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return best
 
 
-def student_from_teacher(teacher: nn.Module, layers: list[int]) -> nn.Module:
-    """A student that copies the teacher but keeps only the blocks at ``layers``
-    (e.g. ``[0, 5]``: first and last of six; DistilBERT-style initialisation)."""
+def select_layers(n_teacher: int, strategy: str) -> list[int]:
+    """Teacher block indices for a student: ``"alternate"`` keeps every other block (0, 2, 4, ...:
+    DistilBERT's initialisation), ``"first:k"`` the first k, ``"last:k"`` the last k."""
+    kind, _, count = strategy.partition(":")
+    if kind == "alternate" and not count:
+        return list(range(0, n_teacher, 2))
+    if kind in ("first", "last") and count.isdigit() and 0 < int(count) <= n_teacher:
+        k = int(count)
+        return list(range(k)) if kind == "first" else list(range(n_teacher - k, n_teacher))
+    raise ModelError(f"student layer strategy {strategy!r} must be 'alternate', 'first:k' or 'last:k' "
+                     f"with 1 <= k <= {n_teacher} (the teacher's blocks)")
+
+
+def student_from_teacher(teacher: nn.Module, layers: list[int] | str) -> nn.Module:
+    """A student that copies the teacher but keeps only the blocks at ``layers``: indices
+    (e.g. ``[0, 5]``: first and last of six) or a strategy of ``select_layers``
+    (``"alternate"``, ``"first:k"``, ``"last:k"``)."""
     student = copy.deepcopy(_unwrap_peft(teacher))
     name, blocks = find_layer_list(student)
+    if isinstance(layers, str):
+        layers = select_layers(len(blocks), layers)
     if not layers or any(i < 0 or i >= len(blocks) for i in layers):
         raise ModelError(f"student layers {layers} must index the teacher's {len(blocks)} blocks")
     kept = nn.ModuleList([blocks[i] for i in layers])
@@ -131,6 +147,28 @@ def student_from_teacher(teacher: nn.Module, layers: list[int]) -> nn.Module:
     for p in student.parameters():
         p.requires_grad_(True)
     return student
+
+
+def random_student(teacher: nn.Module, seed: int = 0, **config_changes: Any) -> nn.Module:
+    """A randomly initialised student of the teacher's architecture with a changed config, e.g.
+    ``random_student(teacher, num_hidden_layers=2, hidden_size=192, intermediate_size=768)``
+    (narrower than the teacher; feature distillation then learns projections). Names follow the
+    model's config class (``n_layer``/``n_embd`` for GPT-2)."""
+    base = _unwrap_peft(teacher)
+    config = copy.deepcopy(getattr(base, "config", None))
+    if config is None:
+        raise ModelError(f"{type(base).__name__} has no config to derive a student from")
+    unknown = [k for k in config_changes if not hasattr(config, k)]
+    if unknown:
+        raise ModelError(f"{type(config).__name__} has no field(s) {unknown}")
+    for key, value in config_changes.items():
+        setattr(config, key, value)
+    heads = getattr(config, "num_attention_heads", None)
+    width = getattr(config, "hidden_size", None)
+    if heads and width and width % heads:
+        raise ModelError(f"hidden_size {width} is not a multiple of num_attention_heads {heads}")
+    torch.manual_seed(seed)
+    return type(base)(config)
 
 
 def use_eager_attention(model: nn.Module) -> None:
