@@ -1,7 +1,10 @@
 """The main job: plain KD vs LoRA meta-update vs full meta-update on the same data, seed and
 student initialisation. Prints a table and writes results/meta_update.{json,md,png}.
 
-    metakd bench meta-update [--quick] [--data PATH|glue/sst2] [--steps N] [--out results]
+    metakd bench meta-update [--quick] [--data PATH|glue/sst2] [--steps N] [--seeds 0,1,2] [--out results]
+
+With several seeds every mode runs once per seed (the teacher is fine-tuned once, with the first
+seed); the table reports mean ± standard deviation over seeds.
 """
 
 from __future__ import annotations
@@ -42,8 +45,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="training steps per mode")
     p.add_argument("--n-train", type=int, help="training examples (quiz split carved from these)")
     p.add_argument("--n-eval", type=int, help="held-out evaluation examples")
+    p.add_argument("--teacher-n-train", type=int,
+                   help="examples the teacher is fine-tuned on (default: the students' training examples)")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of a single-seed run")
+    p.add_argument("--seeds", help="comma-separated seeds (e.g. 0,1,2): every mode once per seed, mean ± std")
+    p.add_argument("--student-layers", help="teacher blocks the student keeps, e.g. 0,5 (default: first and last)")
+    p.add_argument("--threads", type=int, help="torch threads per run (default: torch's choice)")
+    p.add_argument("--name", default=NAME, help="stem of the result files (default: %(default)s)")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of none,lora,full")
     p.add_argument("--config", help="YAML with DistillConfig overrides (meta_update is set per mode)")
     p.add_argument("--out", default="results", help="directory for the result files")
@@ -51,12 +60,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--worker", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     settings = dict(QUICK if args.quick else FULL)
+    if args.teacher_n_train is not None and args.teacher_n_train < 1:
+        p.error("--teacher-n-train must be >= 1")
     for key in ("steps", "n_train", "n_eval", "batch_size"):
         if getattr(args, key) is not None:
             if getattr(args, key) < 1:
                 p.error(f"--{key.replace('_', '-')} must be >= 1")
             settings[key] = getattr(args, key)
     args.settings = settings
+    try:
+        args.seed_list = [int(x) for x in args.seeds.split(",") if x.strip()] if args.seeds else [args.seed]
+        args.layer_list = ([int(x) for x in args.student_layers.split(",") if x.strip()]
+                           if args.student_layers else None)
+    except ValueError:
+        p.error("--seeds and --student-layers take comma-separated integers")
+    if not args.seed_list or len(set(args.seed_list)) != len(args.seed_list):
+        p.error(f"--seeds must list distinct integers; got {args.seeds!r}")
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be >= 1")
+    args.seed = args.seed_list[0]
     args.mode_list = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in args.mode_list if m not in MODES]
     if bad or not args.mode_list:
@@ -84,7 +106,7 @@ def prepare_teacher(args: argparse.Namespace, splits: dict[str, list], num_label
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     train = data_mod.encode(splits["train"], tokenizer, s["max_length"])
-    key = cache_key(kind="meta-update-teacher", quick=args.quick, data=args.data, n_train=s["n_train"],
+    key = cache_key(kind="meta-update-teacher", quick=args.quick, data=args.data, n_train=args.teacher_n_train or s["n_train"],
                     seed=args.seed, epochs=s["finetune_epochs"], max_length=s["max_length"], num_labels=num_labels,
                     version=1)
 
@@ -117,6 +139,8 @@ def run_mode(spec: dict[str, Any]) -> dict[str, Any]:
     """Distil with one meta mode; runs in its own process (see report.run_worker)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
     torch.manual_seed(spec["seed"])
     splits = data_mod.load_task(spec["data"], spec["n_train"], spec["n_eval"], spec["seed"])
     tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer_dir"])
@@ -138,6 +162,8 @@ def run_mode(spec: dict[str, Any]) -> dict[str, Any]:
     secs = [h["seconds"] for h in steps]
     return {
         "mode": cfg.meta_update,
+        "seed": spec["seed"],
+        "threads": torch.get_num_threads(),
         "label": MODE_LABELS[cfg.meta_update],
         "trainable_teacher_params": distiller.trainable_teacher_parameters(),
         "student_params": sum(p.numel() for p in distiller.student.parameters()),
@@ -154,55 +180,104 @@ def run_mode(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- report
-def build_table(results: list[dict[str, Any]]) -> str:
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per mode: mean and sample standard deviation over seeds of scores, time, memory."""
+    out = []
+    for mode in dict.fromkeys(r["mode"] for r in results):
+        runs = [r for r in results if r["mode"] == mode]
+        entry: dict[str, Any] = {"mode": mode, "label": runs[0]["label"], "seeds": [r["seed"] for r in runs],
+                                 "trainable_teacher_params": runs[0]["trainable_teacher_params"]}
+        series = {
+            "accuracy": [r["student"]["accuracy"] for r in runs],
+            "f1": [r["student"]["f1"] for r in runs],
+            "precision": [r["student"]["precision"] for r in runs],
+            "recall": [r["student"]["recall"] for r in runs],
+            "median_step_seconds": [r["median_step_seconds"] for r in runs],
+            "peak_memory_bytes": [r["train"]["peak_memory_bytes"] or 0 for r in runs],
+            "train_seconds": [r["train"]["seconds"] for r in runs],
+            "teacher_accuracy_after": [r["teacher_after"]["accuracy"] for r in runs],
+        }
+        energies = [r["train"]["energy_joules"] for r in runs]
+        if all(e is not None for e in energies):
+            series["energy_joules"] = energies
+        entry["energy_estimated"] = any(r["train"]["energy_estimated"] for r in runs)
+        entry["teacher_accuracy_before"] = runs[0]["teacher_before"]["accuracy"]
+        for key, values in series.items():
+            entry[key] = dict(zip(("mean", "std"), _mean_std(values)))
+        out.append(entry)
+    return out
+
+
+def _pm(stat: dict[str, float], fmt: str, n: int) -> str:
+    return f"{stat['mean']:{fmt}} ± {stat['std']:{fmt}}" if n > 1 else f"{stat['mean']:{fmt}}"
+
+
+def build_table(summary: list[dict[str, Any]]) -> str:
     rows = []
-    for r in results:
-        t = r["train"]
-        energy = "n/a" if t["energy_joules"] is None else f"{t['energy_joules']:.0f} J"
-        if t["energy_joules"] is not None and t["energy_estimated"]:
-            energy += " (estimated)"
+    for e in summary:
+        n = len(e["seeds"])
+        if "energy_joules" in e:
+            energy = f"{e['energy_joules']['mean']:.0f} J" + (" (estimated)" if e["energy_estimated"] else "")
+        else:
+            energy = "n/a"
+        memory = fmt_bytes(e["peak_memory_bytes"]["mean"])
+        if n > 1:
+            memory += f" ± {fmt_bytes(e['peak_memory_bytes']['std'])}"
         rows.append([
-            r["label"], f"{r['trainable_teacher_params']:,}", f"{r['median_step_seconds']:.3f}",
-            fmt_bytes(t["peak_memory_bytes"]), energy,
-            f"{r['student']['accuracy']:.4f}", f"{r['student']['f1']:.4f}",
-            f"{r['teacher_before']['accuracy']:.4f} → {r['teacher_after']['accuracy']:.4f}",
+            e["label"], f"{e['trainable_teacher_params']:,}", _pm(e["median_step_seconds"], ".3f", n),
+            memory, energy, _pm(e["accuracy"], ".4f", n), _pm(e["f1"], ".4f", n),
+            f"{e['teacher_accuracy_before']:.4f} → {_pm(e['teacher_accuracy_after'], '.4f', n)}",
         ])
     cols = ["mode", "trainable teacher params", "s/step (median)", "peak memory", "energy",
             "student acc", "student F1", "teacher acc before → after"]
     return markdown_table(cols, rows)
 
 
-def savings(results: list[dict[str, Any]]) -> list[str]:
-    by = {r["mode"]: r for r in results}
+def per_seed_table(results: list[dict[str, Any]]) -> str:
+    rows = [[r["label"], r["seed"], f"{r['student']['accuracy']:.4f}", f"{r['student']['f1']:.4f}",
+             f"{r['median_step_seconds']:.3f}", fmt_bytes(r["train"]["peak_memory_bytes"]),
+             f"{r['teacher_after']['accuracy']:.4f}"] for r in results]
+    return markdown_table(["mode", "seed", "student acc", "student F1", "s/step (median)", "peak memory",
+                           "teacher acc after"], rows)
+
+
+def savings(summary: list[dict[str, Any]]) -> list[str]:
+    by = {e["mode"]: e for e in summary}
     if "lora" not in by or "full" not in by:
         return []
     lo, fu = by["lora"], by["full"]
     lines = [
         f"LoRA / full meta-update: trainable teacher parameters {lo['trainable_teacher_params'] / fu['trainable_teacher_params']:.4f}x, "
-        f"time per step {lo['median_step_seconds'] / fu['median_step_seconds']:.2f}x, "
-        f"peak memory {lo['train']['peak_memory_bytes'] / fu['train']['peak_memory_bytes']:.2f}x",
+        f"time per step {lo['median_step_seconds']['mean'] / fu['median_step_seconds']['mean']:.2f}x, "
+        f"peak memory {lo['peak_memory_bytes']['mean'] / max(fu['peak_memory_bytes']['mean'], 1):.2f}x",
     ]
     if "none" in by:
-        lines.append(f"LoRA meta-step / plain KD step: {lo['median_step_seconds'] / by['none']['median_step_seconds']:.2f}x time")
+        lines.append("LoRA meta-step / plain KD step: "
+                     f"{lo['median_step_seconds']['mean'] / by['none']['median_step_seconds']['mean']:.2f}x time")
     return lines
 
 
-def plot(results: list[dict[str, Any]], path: Path) -> None:
+def plot(summary: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [r["label"] for r in results]
+    labels = [e["label"] for e in summary]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     panels = [
-        ("seconds per step (median)", [r["median_step_seconds"] for r in results]),
-        ("peak memory (MiB)", [(r["train"]["peak_memory_bytes"] or 0) / 2**20 for r in results]),
-        ("student accuracy", [r["student"]["accuracy"] for r in results]),
+        ("seconds per step (median)", [e["median_step_seconds"] for e in summary], 1.0),
+        ("peak memory (MiB)", [e["peak_memory_bytes"] for e in summary], 2.0**-20),
+        ("student accuracy", [e["accuracy"] for e in summary], 1.0),
     ]
-    colors = ["#888888", "#2a9d8f", "#e76f51"][: len(results)]
-    for ax, (title, values) in zip(axes, panels):
-        ax.bar(labels, values, color=colors)
+    colors = ["#888888", "#2a9d8f", "#e76f51"][: len(summary)]
+    for ax, (title, stats, scale) in zip(axes, panels):
+        ax.bar(labels, [st["mean"] * scale for st in stats], yerr=[st["std"] * scale for st in stats],
+               color=colors, capsize=4)
         ax.set_title(title)
         ax.tick_params(axis="x", labelrotation=15)
     fig.tight_layout()
@@ -216,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve_worker(args.worker, run_mode)
 
     s = args.settings
+    if args.threads:
+        torch.set_num_threads(args.threads)
     base_cfg = DistillConfig.from_yaml(args.config) if args.config else DistillConfig(
         student_lr=5e-4, teacher_lr=2e-5, pilot_lr=1e-2, quiz_fraction=0.1)
     splits = data_mod.load_task(args.data, s["n_train"], s["n_eval"], args.seed)  # fails fast on bad data
@@ -225,38 +302,55 @@ def main(argv: list[str] | None = None) -> int:
     num_labels = max(labels) + 1
     print(f"data: {args.data}: {len(splits['train'])} train, {len(splits['eval'])} eval examples, "
           f"{num_labels} labels", file=sys.stderr)
-    teacher = prepare_teacher(args, splits, num_labels)
-    student_layers = [0, 3] if args.quick else [0, 5]
+    teacher_splits = splits
+    if args.teacher_n_train:
+        teacher_splits = data_mod.load_task(args.data, args.teacher_n_train, s["n_eval"], args.seed)
+    teacher = prepare_teacher(args, teacher_splits, num_labels)
+    student_layers = args.layer_list or ([0, 3] if args.quick else [0, 5])
     results = []
-    for i, mode in enumerate(args.mode_list, 1):
-        print(f"[{i}/{len(args.mode_list)}] {MODE_LABELS[mode]}: {s['steps']} steps", file=sys.stderr)
-        cfg = base_cfg.replace(meta_update=mode, batch_size=s["batch_size"], max_steps=s["steps"], seed=args.seed,
+    runs = [(seed, mode) for seed in args.seed_list for mode in args.mode_list]
+    for i, (seed, mode) in enumerate(runs, 1):
+        print(f"[{i}/{len(runs)}] {MODE_LABELS[mode]}, seed {seed}: {s['steps']} steps", file=sys.stderr)
+        cfg = base_cfg.replace(meta_update=mode, batch_size=s["batch_size"], max_steps=s["steps"], seed=seed,
                                max_length=s["max_length"], progress=not args.no_progress)
-        spec = {"label": mode, "seed": args.seed, "data": args.data, "n_train": s["n_train"], "n_eval": s["n_eval"],
-                "max_length": s["max_length"], "student_layers": student_layers, "distill": cfg.to_dict(), **teacher}
+        spec = {"label": f"{mode}/seed {seed}", "seed": seed, "data": args.data, "n_train": s["n_train"],
+                "n_eval": s["n_eval"], "max_length": s["max_length"], "student_layers": student_layers,
+                "threads": args.threads, "distill": cfg.to_dict(), **teacher}
         results.append(run_worker(__name__, spec))
 
-    table = build_table(results)
-    notes = savings(results) + [
-        f"{s['steps']} steps per mode, batch {s['batch_size']}, seed {args.seed}; data {args.data} "
-        f"({s['n_train']} train incl. a {base_cfg.quiz_fraction:.0%} quiz split, {s['n_eval']} held out)",
-        f"teacher: {'tiny random BERT (4 layers, width 64)' if args.quick else 'pretrained MiniLM-L6-H384'} fine-tuned on the task; "
+    summary = summarize(results)
+    table = build_table(summary)
+    seeds = ", ".join(map(str, args.seed_list))
+    notes = savings(summary) + [
+        f"{s['steps']} steps per mode, batch {s['batch_size']}, seeds {seeds}"
+        + (" (mean ± sample std over seeds)" if len(args.seed_list) > 1 else "")
+        + f"; data {args.data} ({len(splits['train'])} train examples incl. a {base_cfg.quiz_fraction:.0%} quiz "
+        f"split, {len(splits['eval'])} held out)",
+        f"teacher: {'tiny random BERT (4 layers, width 64)' if args.quick else 'pretrained MiniLM-L6-H384'} fine-tuned on "
+        f"{len(teacher_splits['train'])} training examples (seed {args.seed}), shared by every run; "
         f"student: teacher blocks {student_layers}",
-        "peak memory: peak RSS of one process per mode (includes loading the models)",
+        f"torch threads per run: {results[0]['threads']}" if results else "",
+        "peak memory: peak RSS of one process per run (includes loading the models)",
         "energy: " + (results[0]["train"]["energy_source"] if results else "n/a"),
     ]
-    payload = {"benchmark": NAME, "quick": args.quick, "settings": s, "seed": args.seed, "data": args.data,
+    if len(args.seed_list) > 1:
+        table += "\n\nPer seed:\n\n" + per_seed_table(results)
+    payload = {"benchmark": args.name, "quick": args.quick, "settings": s, "seeds": args.seed_list, "data": args.data,
+               "n_train": len(splits["train"]), "n_eval": len(splits["eval"]), "threads": args.threads,
                "student_layers": student_layers, "config": base_cfg.to_dict(), "teacher": teacher,
-               "results": results, "measured": {"time": True, "memory": True,
-                                                "energy": not any(r["train"]["energy_estimated"] for r in results)}}
-    paths = write_results(args.out, NAME, payload, table, notes)
-    plot(results, Path(args.out) / f"{NAME}.png")
+               "summary": summary, "results": results,
+               "measured": {"time": True, "memory": True,
+                            "energy": not any(r["train"]["energy_estimated"] for r in results)}}
+    paths = write_results(args.out, args.name, payload, table, [n for n in notes if n])
+    png = Path(args.out) / f"{args.name}.png"
+    plot(summary, png)
     print(f"\nMachine: {machine_line(payload['machine'])}\n")
     print(table)
     print()
     for n in notes:
-        print(f"- {n}")
-    print(f"\nwrote {paths['json']}, {paths['md']}, {Path(args.out) / f'{NAME}.png'}")
+        if n:
+            print(f"- {n}")
+    print(f"\nwrote {paths['json']}, {paths['md']}, {png}")
     return 0
 
 
