@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+TASKS = ("classification", "causal_lm")
 META_UPDATES = ("none", "lora", "full")
 META_GRADS = ("higher", "jvp", "finite_diff")
 PILOTS = ("restore", "reuse")
@@ -32,6 +33,16 @@ class DistillConfig:
     + feature_weight * L_feat``.
     """
 
+    task: str = "classification"
+    """ "classification": sequence classifiers, soft labels over classes (teacher and student may
+    tokenize differently). "causal_lm": causal language models distilled token by token over the
+    real (non-padding) positions of a shared vocabulary; hard labels are the next tokens."""
+    lm_chunk_size: int | None = 1024
+    """causal_lm: token positions per chunk of the token-level loss (None: all at once). Each
+    chunk's softmax intermediates are recomputed in the backward instead of kept."""
+    truncate_vocab: bool = False
+    """causal_lm: when the models' output vocabularies differ in size, compare only the shared
+    first ids instead of refusing (check the tokenizers agree: metakd.vocab.check_tokenizers)."""
     meta_update: str = "lora"
     """What the quiz loss updates in the teacher: "lora" (adapters only), "full" (every weight),
     or "none" (plain KD, frozen teacher, no pilot and no quiz)."""
@@ -127,6 +138,11 @@ class DistillConfig:
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid field."""
+        _choice("task", self.task, TASKS)
+        if self.lm_chunk_size is not None:
+            _positive_int("lm_chunk_size", self.lm_chunk_size)
+        if not isinstance(self.truncate_vocab, bool):
+            raise ConfigError(f"truncate_vocab must be true or false, got {self.truncate_vocab!r}")
         _choice("meta_update", self.meta_update, META_UPDATES)
         _choice("meta_grad", self.meta_grad, META_GRADS)
         _choice("pilot", self.pilot, PILOTS)

@@ -16,13 +16,14 @@ from tqdm.auto import tqdm
 
 from . import data as data_mod
 from .config import DistillConfig
-from .evaluate import evaluate_classifier
+from .evaluate import evaluate_classifier, evaluate_lm
 from .forward import Outputs, blocks_path, checkpointed_blocks, model_inputs, run
 from .metagrad import MetaProblem, MetaResult, meta_gradient
 from .metagrad.base import NullTimer
 from .models import (ModelError, attach_lora, attach_student_lora, count_parameters, find_layer_list, has_lora,
                      meta_parameters, use_eager_attention)
 from .objective import DistillStudent, Objective
+from .vocab import shared_vocab_size
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,13 @@ def _to_device(batch: Any, device: torch.device) -> Any:
 
 def _num_labels(model: nn.Module) -> int | None:
     return getattr(getattr(model, "config", None), "num_labels", None)
+
+
+def _require_lm_head(name: str, model: nn.Module) -> None:
+    get = getattr(model, "get_output_embeddings", None)
+    if not callable(get) or get() is None:
+        raise ModelError(f"task='causal_lm' needs causal language models (AutoModelForCausalLM); the {name} is a "
+                         f"{type(model).__name__} without an output (LM) head")
 
 
 def _hidden_width(model: nn.Module) -> int | None:
@@ -70,10 +78,17 @@ class MetaDistiller:
         self.config = cfg = config or DistillConfig()
         cfg.validate()
         self.device = torch.device(device) if device is not None else next(student.parameters()).device
-        t_labels, s_labels = _num_labels(teacher), _num_labels(student)
-        if t_labels is not None and s_labels is not None and t_labels != s_labels:
-            raise ModelError(f"teacher has {t_labels} labels but the student has {s_labels}")
-        self.num_labels = s_labels or t_labels
+        self.vocab_size = None
+        if cfg.task == "causal_lm":
+            for name, model in (("teacher", teacher), ("student", student)):
+                _require_lm_head(name, model)
+            self.vocab_size = shared_vocab_size(teacher, student, cfg.truncate_vocab)
+            self.num_labels = None
+        else:
+            t_labels, s_labels = _num_labels(teacher), _num_labels(student)
+            if t_labels is not None and s_labels is not None and t_labels != s_labels:
+                raise ModelError(f"teacher has {t_labels} labels but the student has {s_labels}")
+            self.num_labels = s_labels or t_labels
 
         if cfg.meta_update == "lora" and not has_lora(teacher):
             teacher = attach_lora(teacher, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
@@ -98,7 +113,8 @@ class MetaDistiller:
         self.teacher_blocks = (blocks_path(self.teacher)
                                if feature_layers or (cfg.teacher_checkpointing and cfg.meta_update != "none") else None)
         self.objective = Objective(cfg.temperature, cfg.alpha, feature_layers, cfg.feature_weight,
-                                   cfg.divergence, cfg.jsd_beta)
+                                   cfg.divergence, cfg.jsd_beta, task=cfg.task, lm_chunk_size=cfg.lm_chunk_size,
+                                   vocab_size=self.vocab_size)
 
         self.student_params = [p for p in self._student.parameters() if p.requires_grad]
         if not self.student_params:
@@ -239,6 +255,13 @@ class MetaDistiller:
     def _check_data(self, dataset: Sequence, what: str) -> None:
         if len(dataset) == 0:
             raise data_mod.DataError(f"{what} data set is empty")
+        if self.config.task == "causal_lm":
+            first = dataset[0]
+            if "input_ids" not in first or "labels" not in first or torch.as_tensor(first["labels"]).dim() != 1:
+                raise data_mod.DataError(
+                    f"{what} data does not hold language-modelling blocks (input_ids and per-token labels; "
+                    "see metakd.data.encode_lm) but task='causal_lm'")
+            return
         if self.num_labels is None:
             return
         labels = data_mod.labels_of(dataset)
@@ -306,7 +329,8 @@ class MetaDistiller:
             yield from loader
 
     def evaluate(self, data: Any, model: str = "student") -> dict[str, float]:
-        """Accuracy, macro F1/precision/recall and mean CE loss of the student (or the teacher)."""
+        """Accuracy, macro F1/precision/recall and mean CE loss of the student (or the teacher);
+        for ``task="causal_lm"`` next-token loss and perplexity (``evaluate.evaluate_lm``)."""
         if model not in ("student", "teacher"):
             raise ValueError(f"model must be 'student' or 'teacher', got {model!r}")
         net = self.student if model == "student" else self.teacher
@@ -316,6 +340,8 @@ class MetaDistiller:
         try:
             batches = (_to_device(b, self.device)
                        for b in self._loader(data, self.config.eval_batch_size, shuffle=False, seed=0))
+            if self.config.task == "causal_lm":
+                return evaluate_lm(lambda b: net(**model_inputs(b, side)).logits, batches, self.config.lm_chunk_size)
             return evaluate_classifier(lambda b: net(**model_inputs(b, side)).logits, batches, self.num_labels)
         finally:
             net.train(was_training)

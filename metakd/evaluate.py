@@ -1,13 +1,17 @@
-"""Evaluation metrics: accuracy, macro F1 / precision / recall, loss, throughput."""
+"""Evaluation metrics: accuracy, macro F1 / precision / recall, loss, throughput; perplexity and
+generation speed of causal LMs."""
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from . import losses
 
 
 def classification_scores(predictions: Tensor, labels: Tensor, num_classes: int | None = None) -> dict[str, float]:
@@ -61,3 +65,55 @@ def evaluate_classifier(forward: Callable[[Mapping[str, Any]], Tensor], batches:
     scores["loss"] = loss_sum / n
     scores["examples_per_second"] = n / seconds if seconds > 0 else float("nan")
     return scores
+
+
+@torch.no_grad()
+def evaluate_lm(forward: Callable[[Mapping[str, Any]], Tensor], batches: Iterable[Mapping[str, Any]],
+                chunk_size: int | None = 1024) -> dict[str, float]:
+    """Next-token loss and perplexity of a causal LM over ``batches`` (position t predicts
+    ``labels[:, t + 1]``, -100 ignored), weighted by token, plus evaluated tokens/s."""
+    loss_sum, n = 0.0, 0
+    start = time.perf_counter()
+    for batch in batches:
+        logits = forward(batch)
+        labels = batch["labels"].to(logits.device)
+        count = int((labels[:, 1:] != -100).sum())
+        if count:
+            loss_sum += float(losses.next_token_ce(logits.float(), labels, chunk_size)) * count
+            n += count
+    seconds = time.perf_counter() - start
+    if n == 0:
+        raise ValueError("evaluation data has no tokens to predict")
+    loss = loss_sum / n
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": float(n),
+            "tokens_per_second": n / seconds if seconds > 0 else float("nan")}
+
+
+@torch.no_grad()
+def generation_speed(model: Any, prompts: Tensor, max_new_tokens: int = 32, warmup: bool = True) -> dict[str, float]:
+    """Greedy generation throughput: ``max_new_tokens`` new tokens for each row of ``prompts``
+    (``[B, P]`` token ids, no padding), timed after one warm-up call; returns new tokens/s."""
+    if prompts.dim() != 2 or prompts.numel() == 0:
+        raise ValueError(f"prompts must be a non-empty [B, P] tensor of token ids, got shape {tuple(prompts.shape)}")
+    device = next(model.parameters()).device
+    prompts = prompts.to(device)
+    mask = torch.ones_like(prompts)
+    was_training = model.training
+    model.eval()
+    settings = dict(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
+                    pad_token_id=getattr(model.config, "pad_token_id", None) or 0)
+    try:
+        if warmup:
+            model.generate(prompts[:1], attention_mask=mask[:1], **dict(settings, max_new_tokens=2, min_new_tokens=2))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        out = model.generate(prompts, attention_mask=mask, **settings)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+    finally:
+        model.train(was_training)
+    new_tokens = (out.shape[1] - prompts.shape[1]) * out.shape[0]
+    return {"generated_tokens": float(new_tokens), "seconds": seconds,
+            "generation_tokens_per_second": new_tokens / seconds if seconds > 0 else float("nan")}

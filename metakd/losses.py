@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
@@ -31,16 +32,14 @@ def kd_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) ->
 
     Logits are ``[..., C]``; every leading position counts as one row.
     """
-    log_p_s, log_p_t = _log_probs(student_logits, teacher_logits, temperature)
-    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)
-    return kl.mean() * (float(temperature) ** 2)
+    return _divergence_rows(student_logits, teacher_logits, temperature, "forward_kl", 0.5).mean() * (
+        float(temperature) ** 2)
 
 
 def kd_reverse_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
     """``T^2 * KL(softmax(z_S/T) || softmax(z_T/T))`` (mode-seeking), mean over rows."""
-    log_p_s, log_p_t = _log_probs(student_logits, teacher_logits, temperature)
-    kl = (log_p_s.exp() * (log_p_s - log_p_t)).sum(-1)
-    return kl.mean() * (float(temperature) ** 2)
+    return _divergence_rows(student_logits, teacher_logits, temperature, "reverse_kl", 0.5).mean() * (
+        float(temperature) ** 2)
 
 
 def kd_jsd(student_logits: Tensor, teacher_logits: Tensor, temperature: float, beta: float = 0.5) -> Tensor:
@@ -49,11 +48,8 @@ def kd_jsd(student_logits: Tensor, teacher_logits: Tensor, temperature: float, b
     β = 0.5 is the symmetric JSD (at most ln 2 per row before the T² factor)."""
     if not 0.0 < beta < 1.0:
         raise ValueError(f"jsd beta must be in (0, 1), got {beta!r}")
-    log_p_s, log_p_t = _log_probs(student_logits, teacher_logits, temperature)
-    log_m = torch.logsumexp(torch.stack([log_p_t + math.log(beta), log_p_s + math.log1p(-beta)]), dim=0)
-    p_t, p_s = log_p_t.exp(), log_p_s.exp()
-    jsd = beta * (p_t * (log_p_t - log_m)).sum(-1) + (1.0 - beta) * (p_s * (log_p_s - log_m)).sum(-1)
-    return jsd.mean() * (float(temperature) ** 2)
+    return _divergence_rows(student_logits, teacher_logits, temperature, "jsd", beta).mean() * (
+        float(temperature) ** 2)
 
 
 def kd_divergence(student_logits: Tensor, teacher_logits: Tensor, temperature: float,
@@ -90,6 +86,85 @@ def kd_loss(
     if alpha < 1:
         loss = loss + (1.0 - alpha) * hard_ce(student_logits, labels)
     return loss
+
+
+def token_kd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor,
+    temperature: float,
+    alpha: float,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
+    mask: Tensor | None = None,
+    chunk_size: int | None = 1024,
+) -> Tensor:
+    """Token-level distillation loss of a causal LM: ``alpha * soft + (1 - alpha) * next-token CE``.
+
+    Logits are ``[B, L, V]``. The soft term (``kd_divergence`` per position, times T²) averages
+    over the positions where ``mask`` (``[B, L]``, 1 = real token; None: all) is set; the hard
+    term is the mean cross-entropy of position t against ``labels[:, t + 1]`` (-100 = ignored).
+    Positions are processed ``chunk_size`` at a time, each chunk under activation checkpointing
+    when a gradient is needed, so the loss keeps no ``[B·L, V]`` intermediates for the backward:
+    beyond the two logits tensors it holds ``chunk_size × V`` values at a time. None: one chunk.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student and teacher logits differ in shape: {tuple(student_logits.shape)} vs "
+            f"{tuple(teacher_logits.shape)} (token-level distillation needs a shared vocabulary)"
+        )
+    if student_logits.dim() != 3 or labels.shape != student_logits.shape[:2]:
+        raise ValueError(f"token_kd_loss takes [B, L, V] logits and [B, L] labels; got "
+                         f"{tuple(student_logits.shape)} and {tuple(labels.shape)}")
+    vocab = student_logits.shape[-1]
+    s_flat, t_flat = student_logits.reshape(-1, vocab), teacher_logits.reshape(-1, vocab)
+    targets = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), -100)], dim=1).reshape(-1)
+    weights = (mask.reshape(-1) if mask is not None else torch.ones_like(targets)).to(s_flat.dtype)
+    n_soft = weights.sum().clamp_min(1.0)
+    n_hard = (targets != -100).sum().clamp_min(1)
+    soft_w, hard_w = float(alpha), 1.0 - float(alpha)
+    t2 = float(temperature) ** 2
+
+    def chunk_loss(s: Tensor, t: Tensor, w: Tensor, y: Tensor) -> Tensor:
+        total = s.new_zeros(())
+        if soft_w > 0:
+            rows = _divergence_rows(s, t, temperature, divergence, beta)
+            total = total + soft_w * t2 * (rows * w).sum() / n_soft
+        if hard_w > 0:
+            total = total + hard_w * F.cross_entropy(s, y, ignore_index=-100, reduction="sum") / n_hard
+        return total
+
+    step = s_flat.shape[0] if not chunk_size else int(chunk_size)
+    needs_grad = torch.is_grad_enabled() and (s_flat.requires_grad or t_flat.requires_grad)
+    loss = s_flat.new_zeros(())
+    for start in range(0, s_flat.shape[0], step):
+        piece = (s_flat[start:start + step], t_flat[start:start + step], weights[start:start + step],
+                 targets[start:start + step])
+        if needs_grad and step < s_flat.shape[0]:
+            loss = loss + checkpoint(chunk_loss, *piece, use_reentrant=False)
+        else:
+            loss = loss + chunk_loss(*piece)
+    return loss
+
+
+def _divergence_rows(s: Tensor, t: Tensor, temperature: float, divergence: str, beta: float) -> Tensor:
+    """Per-row soft divergence without the T² factor (rows of ``[N, V]`` logits)."""
+    log_p_s, log_p_t = _log_probs(s, t, temperature)
+    if divergence == "forward_kl":
+        return (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)
+    if divergence == "reverse_kl":
+        return (log_p_s.exp() * (log_p_s - log_p_t)).sum(-1)
+    if divergence == "jsd":
+        log_m = torch.logsumexp(torch.stack([log_p_t + math.log(beta), log_p_s + math.log1p(-beta)]), dim=0)
+        return (beta * (log_p_t.exp() * (log_p_t - log_m)).sum(-1)
+                + (1.0 - beta) * (log_p_s.exp() * (log_p_s - log_m)).sum(-1))
+    raise ValueError(f"unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}")
+
+
+def next_token_ce(logits: Tensor, labels: Tensor, chunk_size: int | None = 1024) -> Tensor:
+    """Mean next-token cross-entropy of ``[B, L, V]`` logits against ``[B, L]`` labels (position t
+    predicts ``labels[:, t + 1]``; -100 ignored): the quiz loss and perplexity of a causal LM."""
+    return token_kd_loss(logits, logits.detach(), labels, 1.0, 0.0, chunk_size=chunk_size)
 
 
 def feature_mse(student_hidden: Tensor, teacher_hidden: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -98,6 +98,48 @@ def tiny_classifier(
     return model.to(dtype)
 
 
+def load_causal_lm(path_or_id: str | Path, dtype: torch.dtype = torch.float32):
+    """An ``AutoModelForCausalLM`` and its tokenizer from a local directory or hub id. A tokenizer
+    without a pad token pads with its end-of-text token (GPT-2, Llama)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path_or_id), dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(str(path_or_id))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load causal LM {str(path_or_id)!r}: {exc}") from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def tiny_causal_lm(arch: str = "gpt2", vocab_size: int = 64, hidden_size: int = 16, num_layers: int = 2,
+                   num_heads: int = 2, max_positions: int = 64, dropout: float = 0.0, seed: int = 0,
+                   dtype: torch.dtype = torch.float32):
+    """A small randomly initialised GPT-2 or Llama causal LM (eager attention) for tests and quick runs."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    if arch == "gpt2":
+        cfg = GPT2Config(vocab_size=vocab_size, n_embd=hidden_size, n_layer=num_layers, n_head=num_heads,
+                         n_positions=max_positions, pad_token_id=0, bos_token_id=vocab_size - 1,
+                         eos_token_id=vocab_size - 1, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
+        cfg._attn_implementation = "eager"
+        model = GPT2LMHeadModel(cfg)
+    elif arch == "llama":
+        cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                          num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
+                          max_position_embeddings=max_positions, pad_token_id=0, bos_token_id=1,
+                          eos_token_id=vocab_size - 1, attention_dropout=dropout, tie_word_embeddings=False)
+        cfg._attn_implementation = "eager"
+        model = LlamaForCausalLM(cfg)
+    else:
+        raise ModelError(f"unknown tiny causal-LM architecture {arch!r}; use 'gpt2' or 'llama'")
+    return model.to(dtype)
+
+
 # ---------------------------------------------------------------------------- structure helpers
 def find_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """The ``nn.ModuleList`` of transformer blocks (the longest list of same-class modules)."""

@@ -41,10 +41,20 @@ class DistillStudent(nn.Module):
 
 class Objective:
     """Inner loss ``alpha·T²·D + (1−alpha)·CE + feature_weight·L_feat`` (D: forward KL, reverse KL
-    or generalized JSD) and quiz loss ``CE``."""
+    or generalized JSD) and quiz loss ``CE``.
+
+    ``task="causal_lm"``: D and CE are token-level over real (non-padding) positions, CE on the
+    next token, computed ``lm_chunk_size`` positions at a time (``losses.token_kd_loss``);
+    ``vocab_size`` (when set) keeps only the first ``vocab_size`` logits of both models — the
+    shared vocabulary when their output layers differ in size.
+    """
 
     def __init__(self, temperature: float, alpha: float, feature_layers: Mapping[int, int] | None,
-                 feature_weight: float, divergence: str = "forward_kl", jsd_beta: float = 0.5):
+                 feature_weight: float, divergence: str = "forward_kl", jsd_beta: float = 0.5,
+                 task: str = "classification", lm_chunk_size: int | None = 1024, vocab_size: int | None = None):
+        self.task = task
+        self.lm_chunk_size = lm_chunk_size
+        self.vocab_size = vocab_size
         self.temperature = temperature
         self.alpha = alpha
         self.divergence = divergence
@@ -52,9 +62,18 @@ class Objective:
         self.feature_layers = dict(feature_layers or {})
         self.feature_weight = feature_weight if self.feature_layers else 0.0
 
+    def _logits(self, out: Outputs) -> Tensor:
+        return out.logits if self.vocab_size is None else out.logits[..., : self.vocab_size]
+
     def inner(self, student: Outputs, teacher: Outputs, batch: Mapping[str, Any]) -> Tensor:
-        loss = losses.kd_loss(student.logits, teacher.logits, batch["labels"], self.temperature, self.alpha,
-                              self.divergence, self.jsd_beta)
+        if self.task == "causal_lm":
+            loss = losses.token_kd_loss(self._logits(student), self._logits(teacher), batch["labels"],
+                                        self.temperature, self.alpha, self.divergence, self.jsd_beta,
+                                        mask=model_inputs(batch, "student").get("attention_mask"),
+                                        chunk_size=self.lm_chunk_size)
+        else:
+            loss = losses.kd_loss(student.logits, teacher.logits, batch["labels"], self.temperature, self.alpha,
+                                  self.divergence, self.jsd_beta)
         if self.feature_weight > 0:
             loss = loss + self.feature_weight * self.feature(student, teacher, batch)
         return loss
@@ -76,6 +95,8 @@ class Objective:
                 terms.append(losses.feature_mse(hs, ht))
         return torch.stack(terms).mean()
 
-    @staticmethod
-    def quiz(student: Outputs, batch: Mapping[str, Any]) -> Tensor:
+    def quiz(self, student: Outputs, batch: Mapping[str, Any]) -> Tensor:
+        """Hard-label CE of the student on the quiz batch (next-token CE for a causal LM)."""
+        if self.task == "causal_lm":
+            return losses.next_token_ce(student.logits, batch["labels"], self.lm_chunk_size)
         return losses.hard_ce(student.logits, batch["labels"])

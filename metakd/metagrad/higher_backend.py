@@ -7,6 +7,7 @@ import warnings
 
 import higher
 import torch
+from torch import nn
 
 from .base import MetaProblem, MetaResult, detached_outputs, output_tensors, teacher_backward
 
@@ -17,6 +18,22 @@ def _pilot_optimizer(problem: MetaProblem) -> torch.optim.Optimizer:
     if problem.pilot_optimizer == "adam":
         return torch.optim.Adam(problem.params, lr=problem.pilot_lr)
     raise ValueError(f"the higher backend has no pilot optimizer {problem.pilot_optimizer!r}")
+
+
+def _slice_to_list(self: nn.ModuleList, index):
+    if isinstance(index, slice):
+        return list(self._modules.values())[index]
+    return nn.ModuleList.__getitem__(self, index)
+
+
+def _allow_module_list_slices(fmodel: nn.Module) -> None:
+    """higher's patched copy of an ``nn.ModuleList`` cannot build a slice of itself (its class
+    needs extra constructor arguments); Llama-style models iterate ``self.layers[:n]``. Slices of
+    the patched lists return plain lists of the patched blocks instead. Each patched module has a
+    class of its own, so this touches nothing outside ``fmodel``."""
+    for module in fmodel.modules():
+        if isinstance(module, nn.ModuleList) and type(module) is not nn.ModuleList:
+            type(module).__getitem__ = _slice_to_list
 
 
 def higher_meta_gradient(problem: MetaProblem) -> MetaResult:
@@ -39,6 +56,7 @@ def higher_meta_gradient(problem: MetaProblem) -> MetaResult:
     with warnings.catch_warnings(action="ignore", category=FutureWarning), higher.innerloop_ctx(
         problem.student, optimizer, copy_initial_weights=True, track_higher_grads=True
     ) as (fstudent, diffopt):
+        _allow_module_list_slices(fstudent)
         with problem.timer.phase("pilot"):
             for step in range(problem.unroll_steps):
                 inner = problem.objective.inner(fstudent(problem.batch), teacher, problem.batch)
