@@ -1,9 +1,10 @@
-"""The ``metakd`` command."""
+"""The ``metakd`` command: ``distill``, ``finetune-teacher`` and ``bench``."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 
 from . import __version__
@@ -15,23 +16,71 @@ from .models import ModelError
 USER_ERRORS = (ConfigError, DataError, ModelError)
 
 
+def _run_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.add_argument("config", help="run file (YAML; see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set distill.meta_update=full --set n_train=2000 (repeatable)")
+    p.add_argument("--output", help="output directory (overrides the file's 'output')")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def _summary(result: dict, keys: tuple[str, ...]) -> str:
+    return ", ".join(f"{k} {result[k]:.4f}" for k in keys if k in result)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="metakd", description="Learning-to-teach knowledge distillation.")
     parser.add_argument("--version", action="version", version=f"metakd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _run_parser(sub, "distill", "distil the teacher into the student as a run file says; saves the student, the "
+                                "teacher's adapters and metrics.json under the output directory")
+    _run_parser(sub, "finetune-teacher", "fine-tune the run's teacher on its task (or train a new:ARCH teacher from "
+                                         "scratch) and save it in OUTPUT/teacher, where distill picks it up")
     bench = sub.add_parser("bench", help="run a benchmark (prints a table, writes results/NAME.{json,md,png})",
                            add_help=False)
     bench.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
-    if not argv or argv[0] != "bench" or len(argv) < 2 or argv[1] not in BENCHMARKS:
-        parser.parse_args(argv)  # prints usage / errors and exits
-        return 2
-    module = importlib.import_module(BENCHMARKS[argv[1]])
+    if argv and argv[0] == "bench":
+        if len(argv) < 2 or argv[1] not in BENCHMARKS:
+            parser.parse_args(argv)  # prints usage / errors and exits
+            return 2
+        module = importlib.import_module(BENCHMARKS[argv[1]])
+        return _guard(lambda: module.main(argv[2:]))
+    args = parser.parse_args(argv)
+    return _guard(lambda: _run_command(args))
+
+
+def _guard(fn) -> int:
     try:
-        return module.main(argv[2:])
+        return fn()
     except USER_ERRORS as exc:
         print(f"metakd: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    from .run import RunConfig, distill, finetune_teacher
+
+    overrides = list(args.overrides) + ([f"output={args.output}"] if args.output else [])
+    run = RunConfig.from_yaml(args.config, overrides)
+    if args.command == "finetune-teacher":
+        report = finetune_teacher(run, progress=not args.no_progress)
+        print(f"teacher saved to {report['saved']}: {_summary(report['eval'], ('accuracy', 'f1', 'perplexity'))}")
+        return 0
+    result = distill(run, progress=not args.no_progress)
+    keys = ("perplexity", "loss") if run.task == "causal_lm" else ("accuracy", "f1", "precision", "recall")
+    print(f"student ({run.distill.meta_update} meta-update, {result['steps']} steps): {_summary(result['student'], keys)}")
+    print(f"teacher before -> after: {_summary(result['teacher_before'], keys[:1])} -> "
+          f"{_summary(result['teacher_after'], keys[:1])}")
+    if "student_generation" in result:
+        print(f"generation: student {result['student_generation']['generation_tokens_per_second']:.1f} tokens/s, "
+              f"teacher {result['teacher_generation']['generation_tokens_per_second']:.1f} tokens/s")
+    print(f"saved to {result['saved']}; metrics in {run.output}/metrics.json")
+    print(json.dumps({"train_seconds": result["train"].get("seconds"),
+                      "peak_memory_bytes": result["train"].get("peak_memory_bytes")}))
+    return 0
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from . import data as data_mod
 from .evaluate import evaluate_classifier
 from .forward import model_inputs
+from .losses import next_token_ce
 
 
 def cache_dir() -> Path:
@@ -30,14 +31,17 @@ def cache_dir() -> Path:
 
 def finetune_classifier(model: nn.Module, train: Sequence, *, epochs: int = 2, lr: float = 5e-5,
                         batch_size: int = 32, weight_decay: float = 0.01, seed: int = 0,
-                        pad_id: int = 0, progress: bool = True) -> list[float]:
-    """Plain supervised fine-tuning with AdamW and linear warm-up/decay; returns the step losses."""
+                        pad_id: int = 0, progress: bool = True, task: str = "classification",
+                        max_steps: int | None = None) -> list[float]:
+    """Plain supervised fine-tuning with AdamW and linear warm-up/decay; returns the step losses.
+
+    ``task="causal_lm"`` trains on next-token cross-entropy over LM blocks (``data.encode_lm``)."""
     if len(train) == 0:
         raise data_mod.DataError("cannot fine-tune on an empty data set")
     torch.manual_seed(seed)
     device = next(model.parameters()).device
     loader = data_mod.loader(train, batch_size, data_mod.make_collator(pad_id), shuffle=True, seed=seed)
-    total = epochs * len(loader)
+    total = epochs * len(loader) if max_steps is None else min(max_steps, epochs * len(loader))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                                   weight_decay=weight_decay)
     warmup = max(1, total // 10)
@@ -49,8 +53,13 @@ def finetune_classifier(model: nn.Module, train: Sequence, *, epochs: int = 2, l
         for _ in range(epochs):
             for batch in loader:
                 batch = {k: v.to(device) for k, v in batch.items()}
+                if len(losses) >= total:
+                    break
                 out = model(**model_inputs(batch, "teacher"))
-                loss = torch.nn.functional.cross_entropy(out.logits, batch["labels"])
+                if task == "causal_lm":
+                    loss = next_token_ce(out.logits, batch["labels"])
+                else:
+                    loss = torch.nn.functional.cross_entropy(out.logits, batch["labels"])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

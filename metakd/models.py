@@ -52,6 +52,8 @@ def load_classifier(path_or_id: str | Path, num_labels: int, dtype: torch.dtype 
     finally:
         hf_logging.set_verbosity(verbosity)
     tokenizer = AutoTokenizer.from_pretrained(str(path_or_id))
+    if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # decoder-only models (GPT-2, Llama) have no pad token
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return model, tokenizer

@@ -1,0 +1,352 @@
+"""A whole run from one YAML file: load or fine-tune the teacher, build the student, read and
+encode the data, distil, evaluate, save. ``metakd finetune-teacher`` and ``metakd distill`` are
+thin wrappers around :func:`finetune_teacher` and :func:`distill`.
+
+A run file holds the models, the data and the output directory at top level and the
+``DistillConfig`` under ``distill:`` (see ``configs/``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from . import data as data_mod
+from .config import TASKS, ConfigError, DistillConfig, _yaml_number
+
+FINETUNE_KEYS = {"epochs": 1, "lr": 5e-5, "batch_size": 32, "n_train": None, "max_steps": None}
+
+
+@dataclass
+class RunConfig:
+    """Where the models and data come from and where the results go."""
+
+    teacher: str = "embedded"
+    """"embedded" (the bundled pretrained MiniLM-L6, classification only), a hub id or a local
+    directory, or "new:gpt2" / "new:llama" (causal LM trained from scratch by finetune-teacher,
+    with a BPE tokenizer trained on the corpus; sizes in teacher_config)."""
+    student: str = "first:2"
+    """A hub id or local directory, or derived from the teacher: "layers:0,5" (those blocks),
+    "alternate", "first:k", "last:k", or "random:key=value,..." (a re-sized random model of the
+    teacher's architecture, e.g. random:num_hidden_layers=2,hidden_size=192,intermediate_size=768)."""
+    task: str = "classification"
+    data: str = "embedded"
+    """A data spec of metakd.data: a file, a directory, a hub name ("glue/sst2"), or "embedded"."""
+    text_column: str | None = None
+    label_column: str | None = None
+    n_train: int | None = None
+    """A seeded subset of the training split (None: all); the quiz split is carved from it."""
+    n_eval: int | None = None
+    teacher_bits: int | None = None
+    """4 or 8: load the teacher quantized (bitsandbytes); the meta-update must then be "lora"."""
+    teacher_quant_type: str = "nf4"
+    teacher_config: dict[str, Any] = field(default_factory=dict)
+    """new:ARCH teachers: config fields (e.g. n_layer, n_embd, n_head) and tokenizer_vocab."""
+    finetune: dict[str, Any] = field(default_factory=dict)
+    """Teacher fine-tuning: epochs, lr, batch_size, n_train, max_steps."""
+    generation_tokens: int = 32
+    """causal_lm: new tokens per prompt when measuring generation speed."""
+    output: str = "runs/metakd"
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"task must be one of {', '.join(map(repr, TASKS))}; got {self.task!r}")
+        if self.distill.task != self.task:
+            self.distill = self.distill.replace(task=self.task)
+        unknown = set(self.finetune) - set(FINETUNE_KEYS)
+        if unknown:
+            raise ConfigError(f"unknown finetune key(s) {sorted(unknown)}; known: {sorted(FINETUNE_KEYS)}")
+        self.finetune = {k: _yaml_number(self.finetune.get(k, v)) for k, v in FINETUNE_KEYS.items()}
+        for name in ("n_train", "n_eval"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"{name} must be a positive integer or null, got {value!r}")
+        if self.teacher_bits not in (None, 4, 8):
+            raise ConfigError(f"teacher_bits must be 4, 8 or null, got {self.teacher_bits!r}")
+        if self.teacher_bits and self.distill.meta_update == "full":
+            raise ConfigError("meta_update='full' cannot train a quantized teacher's weights; use meta_update='lora' "
+                              "or drop teacher_bits")
+        if self.task == "causal_lm" and self.teacher == "embedded":
+            raise ConfigError("the embedded teacher is a sentence encoder (classification); for task='causal_lm' name "
+                              "a causal LM (a hub id, a directory, or new:gpt2)")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in values:
+            if key not in known:
+                hint = difflib.get_close_matches(key, known + [f.name for f in dataclasses.fields(DistillConfig)], n=1)
+                where = " (distillation settings go under 'distill:')" if hint and hint[0] not in known else ""
+                raise ConfigError(f"unknown run config key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                                  + where)
+        values = dict(values)
+        distill = values.pop("distill", None) or {}
+        if not isinstance(distill, dict):
+            raise ConfigError("'distill' must be a mapping of DistillConfig keys")
+        distill.setdefault("task", values.get("task", "classification"))
+        return cls(distill=DistillConfig.from_dict(distill), **values)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "RunConfig":
+        """Read a run file; ``overrides`` are ``key=value`` strings (``distill.meta_update=full``)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"run config not found: {path}")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of run config keys")
+        for item in overrides or []:
+            key, sep, raw = item.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"override {item!r} must look like key=value (e.g. distill.meta_update=full)")
+            target = values
+            *parents, leaf = key.split(".")
+            for part in parents:
+                target = target.setdefault(part, {})
+                if not isinstance(target, dict):
+                    raise ConfigError(f"override {item!r}: {part!r} is not a mapping")
+            target[leaf] = yaml.safe_load(raw)
+        return cls.from_dict(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["distill"] = self.distill.to_dict()
+        return out
+
+    @property
+    def teacher_dir(self) -> Path:
+        """Where ``finetune-teacher`` saves the task teacher and ``distill`` looks for it."""
+        return Path(self.output) / "teacher"
+
+
+# ---------------------------------------------------------------------------- models
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _teacher_source(run: RunConfig) -> str:
+    if run.teacher == "embedded":
+        from .models import embedded_teacher_path
+
+        return str(embedded_teacher_path())
+    return run.teacher
+
+
+def load_teacher(run: RunConfig, num_labels: int | None, source: str | None = None):
+    """(teacher, tokenizer): the fine-tuned teacher in ``output/teacher`` when it exists, else the
+    configured one; quantized when ``teacher_bits`` is set."""
+    from .models import load_causal_lm, load_classifier
+
+    source = source or (str(run.teacher_dir) if (run.teacher_dir / "config.json").is_file() else _teacher_source(run))
+    if source.startswith("new:"):
+        raise ConfigError(f"teacher {run.teacher!r} is trained from scratch: run `metakd finetune-teacher` first")
+    if run.teacher_bits:
+        from transformers import AutoTokenizer
+
+        from .quantization import load_quantized
+
+        model = load_quantized(source, run.teacher_bits, run.teacher_quant_type, kind=run.task, num_labels=num_labels)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return model, tokenizer
+    if run.task == "causal_lm":
+        return load_causal_lm(source)
+    return load_classifier(source, num_labels)
+
+
+def build_student(run: RunConfig, teacher, teacher_tokenizer, num_labels: int | None):
+    """(student, tokenizer or None when it shares the teacher's) from the ``student`` spec."""
+    from .models import load_causal_lm, load_classifier, random_student, student_from_teacher
+
+    spec = run.student
+    kind, _, rest = spec.partition(":")
+    if kind == "layers":
+        try:
+            layers = [int(x) for x in rest.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"student {spec!r}: layers:I,J,... takes block indices") from None
+        return _float_copy(student_from_teacher(teacher, layers)), None
+    if spec == "alternate" or kind in ("first", "last"):
+        return _float_copy(student_from_teacher(teacher, spec)), None
+    if kind == "random":
+        changes = {}
+        for item in filter(None, (x.strip() for x in rest.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError(f"student {spec!r}: random: takes key=value pairs")
+            changes[key] = yaml.safe_load(value)
+        return random_student(teacher, seed=run.distill.seed, **changes), None
+    model, tokenizer = (load_causal_lm(spec) if run.task == "causal_lm" else load_classifier(spec, num_labels))
+    if run.task == "causal_lm":
+        from .vocab import check_tokenizers
+
+        check_tokenizers(teacher_tokenizer, tokenizer, truncate=run.distill.truncate_vocab)
+        return model, None  # one shared tokenization
+    return model, tokenizer
+
+
+def _float_copy(student):
+    """A student cut from a quantized teacher cannot train its 4/8-bit weights: refuse clearly."""
+    from .quantization import is_quantized
+
+    if is_quantized(student):
+        raise ConfigError("a student derived from a quantized teacher would inherit 4/8-bit weights; name the student "
+                          "by hub id or directory, or derive it from an unquantized teacher")
+    return student
+
+
+# ---------------------------------------------------------------------------- data
+def load_data(run: RunConfig, seed: int | None = None) -> dict[str, Any]:
+    """Raw splits: {"train", "eval"} lists (and "label_names" for classification)."""
+    seed = run.distill.seed if seed is None else seed
+    if run.task == "causal_lm":
+        return data_mod.load_lm_corpus(run.data, seed=seed)
+    return data_mod.load_task(run.data, run.n_train, run.n_eval, seed, text_column=run.text_column,
+                              label_column=run.label_column)
+
+
+def encode_splits(run: RunConfig, splits: dict[str, Any], tokenizer, student_tokenizer=None) -> dict[str, Any]:
+    """Tokenized train and eval sets; LM corpora are cut into blocks of ``distill.max_length``."""
+    length = run.distill.max_length
+    if run.task == "causal_lm":
+        out = {k: data_mod.encode_lm(splits[k], tokenizer, length) for k in ("train", "eval")}
+        if run.n_train is not None:
+            out["train"] = _subset(out["train"], run.n_train, run.distill.seed)
+        if run.n_eval is not None:
+            out["eval"] = _subset(out["eval"], run.n_eval, run.distill.seed + 1)
+        return out
+    return {k: data_mod.encode(splits[k], tokenizer, length, student_tokenizer=student_tokenizer)
+            for k in ("train", "eval")}
+
+
+def _subset(items, n: int, seed: int):
+    if n >= len(items):
+        return items
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [items[i] for i in sorted(order[:n])]
+
+
+def _num_labels(run: RunConfig, splits: dict[str, Any]) -> int | None:
+    if run.task == "causal_lm":
+        return None
+    names = splits.get("label_names")
+    return len(names) if names else max(y for _, y in splits["train"]) + 1
+
+
+# ---------------------------------------------------------------------------- the two commands
+def finetune_teacher(run: RunConfig, progress: bool = True) -> dict[str, Any]:
+    """Fine-tune (or, for ``new:ARCH``, train from scratch) the teacher on the task's training
+    split and save it with ``save_pretrained`` (safetensors) plus its tokenizer in
+    ``output/teacher``, where ``distill`` picks it up. Returns the teacher's eval scores."""
+    from .finetune import finetune_classifier
+    from .telemetry import measure
+
+    splits = load_data(run)
+    num_labels = _num_labels(run, splits)
+    ft = run.finetune
+    if run.teacher.startswith("new:"):
+        from .scratch import new_causal_lm, train_bpe_tokenizer
+
+        if run.task != "causal_lm":
+            raise ConfigError("new:ARCH teachers are causal LMs; set task: causal_lm")
+        sizes = dict(run.teacher_config)
+        vocab = int(sizes.pop("tokenizer_vocab", 4096))
+        _log(f"training a {vocab}-entry BPE tokenizer on {len(splits['train'])} documents")
+        tokenizer = train_bpe_tokenizer(splits["train"], vocab)
+        model = new_causal_lm(run.teacher.partition(":")[2], tokenizer, seed=run.distill.seed, **sizes)
+    else:
+        model, tokenizer = load_teacher(run, num_labels, source=_teacher_source(run))
+    if run.teacher_bits:
+        raise ConfigError("fine-tune the teacher unquantized (drop teacher_bits for finetune-teacher); "
+                          "distill then loads the saved teacher quantized")
+    encoded = encode_splits(run, splits, tokenizer)
+    train = encoded["train"]
+    if ft["n_train"] is not None and run.task != "causal_lm":
+        train = data_mod.encode(data_mod.load_task(run.data, ft["n_train"], 1, run.distill.seed,
+                                                   text_column=run.text_column,
+                                                   label_column=run.label_column)["train"],
+                                tokenizer, run.distill.max_length)
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    _log(f"fine-tuning the teacher on {len(train)} {'blocks' if run.task == 'causal_lm' else 'examples'} "
+         f"({ft['epochs']} epoch(s), lr {ft['lr']})")
+    with measure() as m:
+        finetune_classifier(model, train, epochs=int(ft["epochs"]), lr=float(ft["lr"]), batch_size=int(ft["batch_size"]),
+                            seed=run.distill.seed, pad_id=pad, progress=progress, task=run.task,
+                            max_steps=ft["max_steps"])
+    scores = _evaluate(run, model, encoded["eval"], pad)
+    target = run.teacher_dir
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(target), safe_serialization=True)
+    tokenizer.save_pretrained(str(target))
+    report = {"teacher": run.teacher, "saved": str(target), "eval": scores, "train": m.to_dict(),
+              "n_train": len(train)}
+    (target / "metakd_finetune.json").write_text(json.dumps(report, indent=2, default=str))
+    return report
+
+
+def _evaluate(run: RunConfig, model, data, pad: int) -> dict[str, float]:
+    from .evaluate import evaluate_lm
+    from .finetune import evaluate_model
+    from .forward import model_inputs
+
+    if run.task != "causal_lm":
+        return evaluate_model(model, data, pad_id=pad)
+    loader = data_mod.loader(data, run.distill.eval_batch_size, data_mod.make_collator(pad), shuffle=False)
+    device = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    try:
+        batches = ({k: v.to(device) for k, v in b.items()} for b in loader)
+        return evaluate_lm(lambda b: model(**model_inputs(b, "teacher")).logits, batches, run.distill.lm_chunk_size)
+    finally:
+        model.train(was)
+
+
+def distill(run: RunConfig, progress: bool = True) -> dict[str, Any]:
+    """Distil as configured: returns (and writes to ``output/metrics.json``) the student's and the
+    teacher's scores, time, memory and energy; the result is saved in ``output/distilled``."""
+    from .distiller import MetaDistiller
+    from .evaluate import generation_speed
+    from .telemetry import EnergyMeter, measure
+
+    cfg = run.distill.replace(progress=progress and run.distill.progress)
+    splits = load_data(run)
+    num_labels = _num_labels(run, splits)
+    teacher, tokenizer = load_teacher(run, num_labels)
+    student, student_tokenizer = build_student(run, teacher, tokenizer, num_labels)
+    encoded = encode_splits(run, splits, tokenizer, student_tokenizer)
+    _log(f"{len(encoded['train'])} training and {len(encoded['eval'])} evaluation "
+         f"{'blocks' if run.task == 'causal_lm' else 'examples'}; meta_update={cfg.meta_update}")
+    d = MetaDistiller(teacher, student, cfg)
+    teacher_before = d.evaluate(encoded["eval"], model="teacher")
+    with measure(energy=EnergyMeter()) as m:
+        history = d.fit(encoded["train"], eval_data=encoded["eval"])
+    result: dict[str, Any] = {
+        "run": run.to_dict(), "student": history["eval"][-1], "teacher_before": teacher_before,
+        "teacher_after": d.evaluate(encoded["eval"], model="teacher"), "train": m.to_dict(),
+        "steps": len(history["train"]), "trainable_teacher_params": d.trainable_teacher_parameters(),
+        "student_params": sum(p.numel() for p in d.student.parameters()),
+    }
+    if run.task == "causal_lm":
+        prompts = torch.stack([encoded["eval"][i]["input_ids"][:8] for i in range(min(4, len(encoded["eval"])))])
+        result["student_generation"] = generation_speed(d.student, prompts, run.generation_tokens)
+        result["teacher_generation"] = generation_speed(d.teacher, prompts, run.generation_tokens)
+    if "label_names" in splits:
+        result["label_names"] = splits["label_names"]
+    out = d.save(Path(run.output) / "distilled", tokenizer=tokenizer)
+    result["saved"] = str(out)
+    (Path(run.output) / "metrics.json").write_text(json.dumps({**result, "history": history}, indent=2, default=str))
+    return result
+
+
+__all__ = ["RunConfig", "build_student", "distill", "encode_splits", "finetune_teacher", "load_data", "load_teacher"]
