@@ -284,3 +284,18 @@ def test_causal_lm_distillation_end_to_end_with_save_and_reload(tmp_path, studen
         got = reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     assert (out / "teacher_adapters" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_bench_lm_chunking_quick_end_to_end(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "metakd", "bench", "lm-chunking", "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "lm_chunking.json").read_text())["results"]
+    assert {(r["mode"], r["chunk"]) for r in results} == {("none", 0), ("none", 16), ("lora", 0), ("lora", 16)}
+    assert all(r["median_step_seconds"] > 0 and r["step_memory_bytes"] > 0 for r in results)
+    assert "| LoRA meta-update (jvp) | 16 |" in proc.stdout
