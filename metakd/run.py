@@ -320,6 +320,9 @@ def distill(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     from .telemetry import EnergyMeter, measure
 
     cfg = run.distill.replace(progress=progress and run.distill.progress)
+    if run.teacher.startswith("new:") and not (run.teacher_dir / "config.json").is_file():
+        raise ConfigError(f"teacher {run.teacher!r} is trained from scratch: run `metakd finetune-teacher` first "
+                          f"(it saves to {run.teacher_dir})")
     splits = load_data(run)
     num_labels = _num_labels(run, splits)
     teacher, tokenizer = load_teacher(run, num_labels)
