@@ -147,6 +147,13 @@ def load_teacher(run: RunConfig, num_labels: int | None, source: str | None = No
     from .models import load_causal_lm, load_classifier
 
     source = source or (str(run.teacher_dir) if (run.teacher_dir / "config.json").is_file() else _teacher_source(run))
+    if source == str(run.teacher_dir) and num_labels is not None:
+        saved = json.loads((run.teacher_dir / "config.json").read_text())
+        trained = len(saved.get("id2label") or {}) or saved.get("num_labels")
+        if trained and trained != num_labels:
+            raise data_mod.DataError(f"the fine-tuned teacher in {run.teacher_dir} has {trained} labels but the data "
+                                     f"{run.data!r} has {num_labels}; fine-tune it again on this data "
+                                     "(metakd finetune-teacher) or point 'output' elsewhere")
     if source.startswith("new:"):
         raise ConfigError(f"teacher {run.teacher!r} is trained from scratch: run `metakd finetune-teacher` first")
     if run.teacher_bits:
