@@ -262,14 +262,8 @@ class MetaDistiller:
                     f"{what} data does not hold language-modelling blocks (input_ids and per-token labels; "
                     "see metakd.data.encode_lm) but task='causal_lm'")
             return
-        if self.num_labels is None:
-            return
-        labels = data_mod.labels_of(dataset)
-        bad = [y for y in labels if not 0 <= y < self.num_labels]
-        if bad:
-            raise data_mod.DataError(
-                f"{what} data has labels {sorted(set(bad))[:5]} outside 0..{self.num_labels - 1} "
-                f"(the models have {self.num_labels} labels)")
+        if self.num_labels is not None:
+            data_mod.check_labels(dataset, self.num_labels, f"{what} data")
 
     def _loader(self, data: Any, batch_size: int, shuffle: bool, seed: int) -> Iterable:
         if isinstance(data, DataLoader):
