@@ -296,10 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     base_cfg = DistillConfig.from_yaml(args.config) if args.config else DistillConfig(
         student_lr=5e-4, teacher_lr=2e-5, pilot_lr=1e-2, quiz_fraction=0.1)
     splits = data_mod.load_task(args.data, s["n_train"], s["n_eval"], args.seed)  # fails fast on bad data
-    labels = [y for _, y in splits["train"]]
-    if not labels or not splits["eval"]:
+    if not splits["train"] or not splits["eval"]:
         raise data_mod.DataError(f"data {args.data!r} has an empty train or eval split")
-    num_labels = max(labels) + 1
+    num_labels = data_mod.infer_num_labels(splits)
     print(f"data: {args.data}: {len(splits['train'])} train, {len(splits['eval'])} eval examples, "
           f"{num_labels} labels", file=sys.stderr)
     teacher_splits = splits
