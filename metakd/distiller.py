@@ -23,6 +23,7 @@ from .metagrad.base import NullTimer
 from .models import (ModelError, attach_lora, attach_student_lora, count_parameters, find_layer_list, has_lora,
                      meta_parameters, use_eager_attention)
 from .objective import DistillStudent, Objective
+from .quantization import check_meta_update
 from .vocab import shared_vocab_size
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class MetaDistiller:
                  device: str | torch.device | None = None, timer: Any = None):
         self.config = cfg = config or DistillConfig()
         cfg.validate()
+        check_meta_update(teacher, cfg.meta_update)  # a quantized teacher: LoRA meta-update only
         self.device = torch.device(device) if device is not None else next(student.parameters()).device
         self.vocab_size = None
         if cfg.task == "causal_lm":

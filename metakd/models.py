@@ -172,6 +172,11 @@ def student_from_teacher(teacher: nn.Module, layers: list[int] | str) -> nn.Modu
     """A student that copies the teacher but keeps only the blocks at ``layers``: indices
     (e.g. ``[0, 5]``: first and last of six) or a strategy of ``select_layers``
     (``"alternate"``, ``"first:k"``, ``"last:k"``)."""
+    from .quantization import is_quantized
+
+    if is_quantized(teacher):
+        raise ModelError("cannot derive a student from a quantized teacher (its 4/8-bit weights cannot train): "
+                         "derive it from the full-precision teacher, or load the student by hub id or directory")
     student = copy.deepcopy(_unwrap_peft(teacher))
     name, blocks = find_layer_list(student)
     if isinstance(layers, str):

@@ -182,9 +182,9 @@ def build_student(run: RunConfig, teacher, teacher_tokenizer, num_labels: int | 
             layers = [int(x) for x in rest.split(",") if x.strip()]
         except ValueError:
             raise ConfigError(f"student {spec!r}: layers:I,J,... takes block indices") from None
-        return _float_copy(student_from_teacher(teacher, layers)), None
+        return student_from_teacher(teacher, layers), None
     if spec == "alternate" or kind in ("first", "last"):
-        return _float_copy(student_from_teacher(teacher, spec)), None
+        return student_from_teacher(teacher, spec), None
     if kind == "random":
         changes = {}
         for item in filter(None, (x.strip() for x in rest.split(","))):
@@ -200,16 +200,6 @@ def build_student(run: RunConfig, teacher, teacher_tokenizer, num_labels: int | 
         check_tokenizers(teacher_tokenizer, tokenizer, truncate=run.distill.truncate_vocab)
         return model, None  # one shared tokenization
     return model, tokenizer
-
-
-def _float_copy(student):
-    """A student cut from a quantized teacher cannot train its 4/8-bit weights: refuse clearly."""
-    from .quantization import is_quantized
-
-    if is_quantized(student):
-        raise ConfigError("a student derived from a quantized teacher would inherit 4/8-bit weights; name the student "
-                          "by hub id or directory, or derive it from an unquantized teacher")
-    return student
 
 
 # ---------------------------------------------------------------------------- data

@@ -4,4 +4,6 @@
 BENCHMARKS = {
     "meta-update": "metakd.bench.meta_update",
     "meta-grad": "metakd.bench.meta_grad",
+    "lm-chunking": "metakd.bench.lm_chunking",
+    "quantized-teacher": "metakd.bench.quantized_teacher",
 }
