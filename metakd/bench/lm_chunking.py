@@ -23,7 +23,8 @@ from ..config import DistillConfig
 from ..distiller import MetaDistiller
 from ..models import tiny_causal_lm
 from ..telemetry import peak_rss_bytes
-from .report import fmt_bytes, machine_line, markdown_table, run_worker, serve_worker, write_results
+from .report import (fmt_bytes, machine_line, markdown_table, run_worker, serve_worker, settings_from_args,
+                     write_results)
 
 NAME = "lm_chunking"
 FULL = dict(vocab=32000, batch_size=8, seq_len=256, steps=3, warmup=1, chunks=(0, 4096, 1024, 256))
@@ -43,13 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default="results")
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    s = dict(QUICK if args.quick else FULL)
-    for key in ("vocab", "batch_size", "seq_len", "steps"):
-        value = getattr(args, key)
-        if value is not None:
-            if value < 1:
-                p.error(f"--{key.replace('_', '-')} must be >= 1")
-            s[key] = value
+    s = settings_from_args(p, args, QUICK if args.quick else FULL, ("vocab", "batch_size", "seq_len", "steps"))
     if args.chunks:
         try:
             s["chunks"] = tuple(int(x) for x in args.chunks.split(","))

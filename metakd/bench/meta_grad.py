@@ -24,7 +24,8 @@ import torch
 from ..config import DistillConfig
 from ..distiller import MetaDistiller
 from ..telemetry import PhaseTimer, measure
-from .report import fmt_bytes, machine_line, markdown_table, run_worker, serve_worker, write_results
+from .report import (fmt_bytes, machine_line, markdown_table, run_worker, serve_worker, settings_from_args,
+                     write_results)
 
 NAME = "meta_grad_backends"
 BACKENDS = ("higher", "jvp", "finite_diff")
@@ -61,13 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                    "meta_grad_backends.json written earlier")
     p.add_argument("--worker", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    s = dict(QUICK if args.quick else FULL)
-    for key in ("steps", "warmup", "batch_size", "seq_len"):
-        value = getattr(args, key)
-        if value is not None:
-            if value < (0 if key == "warmup" else 1):
-                p.error(f"--{key.replace('_', '-')} must be >= {0 if key == 'warmup' else 1}")
-            s[key] = value
+    s = settings_from_args(p, args, QUICK if args.quick else FULL, ("steps", "warmup", "batch_size", "seq_len"),
+                           minimum={"warmup": 0})
     if args.depths:
         try:
             s["depths"] = tuple(int(d) for d in args.depths.split(",") if d.strip())

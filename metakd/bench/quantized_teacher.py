@@ -23,7 +23,8 @@ import torch
 
 from ..config import DistillConfig
 from ..models import LORA_MARKER
-from .report import fmt_bytes, machine_line, markdown_table, run_worker, serve_worker, write_results
+from .report import (fmt_bytes, machine_line, markdown_table, run_worker, serve_worker, settings_from_args,
+                     write_results)
 
 NAME = "quantized_teacher"
 # variant -> (bits, quant_type) for quantized ones, or the dtype of an unquantized teacher
@@ -52,13 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default="results", help="directory for the result files")
     p.add_argument("--worker", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    s = dict(QUICK if args.quick else FULL)
-    for key in ("steps", "warmup", "batch_size", "seq_len"):
-        value = getattr(args, key)
-        if value is not None:
-            if value < (0 if key == "warmup" else 1):
-                p.error(f"--{key.replace('_', '-')} must be >= {0 if key == 'warmup' else 1}")
-            s[key] = value
+    s = settings_from_args(p, args, QUICK if args.quick else FULL, ("steps", "warmup", "batch_size", "seq_len"),
+                           minimum={"warmup": 0})
     args.variant_list = [v.strip() for v in args.variants.split(",") if v.strip()]
     if not args.variant_list or any(v not in VARIANTS for v in args.variant_list):
         p.error(f"--variants takes a subset of {','.join(VARIANTS)}; got {args.variants!r}")

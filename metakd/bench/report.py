@@ -36,6 +36,21 @@ def serve_worker(paths: Sequence[str], fn) -> int:
     return 0
 
 
+def settings_from_args(parser, args, defaults: dict[str, Any], keys: Sequence[str],
+                       minimum: dict[str, int] | None = None) -> dict[str, Any]:
+    """``defaults`` with each of ``keys`` replaced by its command-line value when given; a value
+    below its minimum (default 1) is a usage error naming the flag."""
+    settings = dict(defaults)
+    for key in keys:
+        value = getattr(args, key)
+        if value is not None:
+            low = (minimum or {}).get(key, 1)
+            if value < low:
+                parser.error(f"--{key.replace('_', '-')} must be >= {low}")
+            settings[key] = value
+    return settings
+
+
 def fmt_bytes(n: float | None) -> str:
     if n is None:
         return "n/a"
