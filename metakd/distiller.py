@@ -343,7 +343,7 @@ class MetaDistiller:
             net.train(was_training)
 
 
-    def save(self, directory: str | Path, tokenizer: Any = None) -> Path:
+    def save(self, directory: str | Path, tokenizer: Any = None, student_tokenizer: Any = None) -> Path:
         """Save the result with the Hugging Face / peft APIs, safetensors only, atomically (a crash
         mid-save leaves the previous save intact):
 
@@ -353,7 +353,8 @@ class MetaDistiller:
         - ``teacher_adapters/`` (lora mode: ``PeftModel.from_pretrained(base_teacher, ...)``) or
           ``teacher/`` (full mode: the whole meta-updated teacher); nothing for plain KD;
         - ``feature_projections.safetensors`` when feature distillation learned projections;
-        - ``distill_config.yaml``; the tokenizer in ``student/`` and ``teacher*/`` when given.
+        - ``distill_config.yaml``; ``tokenizer`` in ``teacher*/`` and in ``student/`` (where
+          ``student_tokenizer``, when the student tokenizes differently, takes its place).
         """
         import shutil
         import tempfile
@@ -376,9 +377,10 @@ class MetaDistiller:
                 teacher_dir = tmp / "teacher"
             if teacher_dir is not None:
                 self.teacher.save_pretrained(str(teacher_dir), safe_serialization=True)
-            if tokenizer is not None:
-                for d in [tmp / "student"] + ([teacher_dir] if teacher_dir is not None else []):
-                    tokenizer.save_pretrained(str(d))
+            if student_tokenizer is not None or tokenizer is not None:
+                (student_tokenizer or tokenizer).save_pretrained(str(tmp / "student"))
+            if tokenizer is not None and teacher_dir is not None:
+                tokenizer.save_pretrained(str(teacher_dir))
             if len(self._student.projections):
                 save_file({k: v.detach().cpu().contiguous() for k, v in self._student.projections.state_dict().items()},
                           str(tmp / "feature_projections.safetensors"))

@@ -343,7 +343,7 @@ def distill(run: RunConfig, progress: bool = True) -> dict[str, Any]:
         result["teacher_generation"] = generation_speed(d.teacher, prompts, run.generation_tokens)
     if "label_names" in splits:
         result["label_names"] = splits["label_names"]
-    out = d.save(Path(run.output) / "distilled", tokenizer=tokenizer)
+    out = d.save(Path(run.output) / "distilled", tokenizer=tokenizer, student_tokenizer=student_tokenizer)
     result["saved"] = str(out)
     (Path(run.output) / "metrics.json").write_text(json.dumps({**result, "history": history}, indent=2, default=str))
     return result

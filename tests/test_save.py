@@ -105,3 +105,18 @@ def test_a_failed_save_keeps_the_previous_one(tmp_path, monkeypatch):
         d.save(tmp_path / "run")
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_each_side_gets_its_own_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    from metakd.models import embedded_teacher_path
+    from metakd.scratch import train_bpe_tokenizer
+
+    teacher_tok = AutoTokenizer.from_pretrained(str(embedded_teacher_path()))
+    student_tok = train_bpe_tokenizer(["a few words of text", "and a few more"] * 20, vocab_size=300)
+    d = MetaDistiller(tiny_classifier("bert", seed=1), tiny_classifier("bert", num_layers=1, seed=2),
+                      DistillConfig(meta_update="lora", progress=False))
+    out = d.save(tmp_path / "run", tokenizer=teacher_tok, student_tokenizer=student_tok)
+    assert len(AutoTokenizer.from_pretrained(str(out / "student"))) == len(student_tok) < 1000 < len(teacher_tok)
+    assert len(AutoTokenizer.from_pretrained(str(out / "teacher_adapters"))) == len(teacher_tok)
