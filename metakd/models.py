@@ -36,7 +36,8 @@ def embedded_teacher_path() -> Path:
 def load_classifier(path_or_id: str | Path, num_labels: int, dtype: torch.dtype = torch.float32):
     """An ``AutoModelForSequenceClassification`` and its tokenizer from a local directory or hub id.
 
-    A model without a classification head (like the embedded sentence encoder) gets a fresh one.
+    A model without a classification head (like the embedded sentence encoder) gets a fresh one,
+    and ``model.metakd_new_head`` says so (True: the head is untrained and needs fine-tuning).
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -44,13 +45,14 @@ def load_classifier(path_or_id: str | Path, num_labels: int, dtype: torch.dtype 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected here
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(path_or_id), num_labels=num_labels, dtype=dtype
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            str(path_or_id), num_labels=num_labels, dtype=dtype, output_loading_info=True
         )
     except OSError as exc:
         raise ModelError(f"cannot load model {str(path_or_id)!r}: {exc}") from exc
     finally:
         hf_logging.set_verbosity(verbosity)
+    model.metakd_new_head = any(part in HEAD_NAMES for k in info.get("missing_keys") or () for part in k.split("."))
     tokenizer = AutoTokenizer.from_pretrained(str(path_or_id))
     if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token  # decoder-only models (GPT-2, Llama) have no pad token

@@ -323,6 +323,11 @@ def distill(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     splits = load_data(run)
     num_labels = _num_labels(run, splits)
     teacher, tokenizer = load_teacher(run, num_labels)
+    if getattr(teacher, "metakd_new_head", False):
+        _log(f"the teacher's classification head is untrained: fine-tuning it on the task first "
+             f"(as `metakd finetune-teacher` does; saved to {run.teacher_dir} and reused)")
+        finetune_teacher(run, progress=progress)
+        teacher, tokenizer = load_teacher(run, num_labels)
     student, student_tokenizer = build_student(run, teacher, tokenizer, num_labels)
     encoded = encode_splits(run, splits, tokenizer, student_tokenizer)
     _log(f"{len(encoded['train'])} training and {len(encoded['eval'])} evaluation "

@@ -76,6 +76,9 @@ distill: {{meta_update: lora, max_steps: 2, batch_size: 8, max_length: 16, progr
 """)
     ds = _metakd("distill", str(run), "--no-progress", "--set", "distill.meta_update=full", tmp_path=tmp_path)
     assert ds.returncode == 0, ds.stderr[-3000:]
+    # the embedded encoder has no trained head: distill fine-tunes it first and saves it for reuse
+    assert "classification head is untrained" in ds.stderr
+    assert (tmp_path / "out" / "teacher" / "model.safetensors").is_file()
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["run"]["distill"]["meta_update"] == "full"
     assert metrics["label_names"] == ["neg", "pos"]
