@@ -248,9 +248,11 @@ def finetune_teacher(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     from .finetune import finetune_classifier
     from .telemetry import measure
 
+    ft = run.finetune
+    if ft["n_train"] is not None:  # the teacher may see more (or fewer) training examples than the student
+        run = dataclasses.replace(run, n_train=int(ft["n_train"]))
     splits = load_data(run)
     num_labels = _num_labels(run, splits)
-    ft = run.finetune
     if run.teacher.startswith("new:"):
         from .scratch import new_causal_lm, train_bpe_tokenizer
 
@@ -268,11 +270,6 @@ def finetune_teacher(run: RunConfig, progress: bool = True) -> dict[str, Any]:
                           "distill then loads the saved teacher quantized")
     encoded = encode_splits(run, splits, tokenizer)
     train = encoded["train"]
-    if ft["n_train"] is not None and run.task != "causal_lm":
-        train = data_mod.encode(data_mod.load_task(run.data, ft["n_train"], 1, run.distill.seed,
-                                                   text_column=run.text_column,
-                                                   label_column=run.label_column)["train"],
-                                tokenizer, run.distill.max_length)
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     _log(f"fine-tuning the teacher on {len(train)} {'blocks' if run.task == 'causal_lm' else 'examples'} "
          f"({ft['epochs']} epoch(s), lr {ft['lr']})")

@@ -23,7 +23,7 @@ from ..config import DistillConfig
 from ..distiller import MetaDistiller
 from ..models import tiny_causal_lm
 from ..telemetry import peak_rss_bytes
-from .report import (fmt_bytes, machine_line, markdown_table, run_worker, serve_worker, settings_from_args,
+from .report import (fmt_bytes, markdown_table, print_report, run_worker, serve_worker, settings_from_args,
                      write_results)
 
 NAME = "lm_chunking"
@@ -131,10 +131,7 @@ def main(argv: list[str] | None = None) -> int:
              f"({results[0]['memory_source'] if results else 'n/a'})"]
     payload = {"benchmark": NAME, "quick": args.quick, "settings": s, "results": results}
     paths = write_results(args.out, NAME, payload, table, notes)
-    print(f"\nMachine: {machine_line(payload['machine'])}\n\n{table}\n")
-    for n in notes:
-        print(f"- {n}")
-    print(f"\nwrote {paths['json']}, {paths['md']}")
+    print_report(payload, table, notes, [paths["json"], paths["md"]])
     return 0
 
 

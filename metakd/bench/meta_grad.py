@@ -24,7 +24,7 @@ import torch
 from ..config import DistillConfig
 from ..distiller import MetaDistiller
 from ..telemetry import PhaseTimer, measure
-from .report import (fmt_bytes, machine_line, markdown_table, run_worker, serve_worker, settings_from_args,
+from .report import (fmt_bytes, markdown_table, print_report, run_worker, serve_worker, settings_from_args,
                      write_results)
 
 NAME = "meta_grad_backends"
@@ -438,12 +438,7 @@ def report(payload: dict[str, Any], out: str | Path) -> None:
     paths = write_results(out, NAME, payload, body, notes)
     png = Path(out) / f"{NAME}.png"
     plot(results, depths, png)
-    print(f"\nMachine: {machine_line(payload['machine'])}\n")
-    print(body)
-    print()
-    for n in notes:
-        print(f"- {n}")
-    print(f"\nwrote {paths['json']}, {paths['md']}, {png}")
+    print_report(payload, body, notes, [paths["json"], paths["md"], png])
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from ..distiller import MetaDistiller
 from ..finetune import cache_key, cached_model, evaluate_model, finetune_classifier
 from ..models import embedded_teacher_path, load_classifier, student_from_teacher, use_eager_attention
 from ..telemetry import EnergyMeter, measure
-from .report import fmt_bytes, machine_line, markdown_table, run_worker, serve_worker, write_results
+from .report import fmt_bytes, markdown_table, print_report, run_worker, serve_worker, write_results
 
 NAME = "meta_update"
 MODES = ("none", "lora", "full")
@@ -340,16 +340,11 @@ def main(argv: list[str] | None = None) -> int:
                "summary": summary, "results": results,
                "measured": {"time": True, "memory": True,
                             "energy": not any(r["train"]["energy_estimated"] for r in results)}}
-    paths = write_results(args.out, args.name, payload, table, [n for n in notes if n])
+    notes = [n for n in notes if n]
+    paths = write_results(args.out, args.name, payload, table, notes)
     png = Path(args.out) / f"{args.name}.png"
     plot(summary, png)
-    print(f"\nMachine: {machine_line(payload['machine'])}\n")
-    print(table)
-    print()
-    for n in notes:
-        if n:
-            print(f"- {n}")
-    print(f"\nwrote {paths['json']}, {paths['md']}, {png}")
+    print_report(payload, table, notes, [paths["json"], paths["md"], png])
     return 0
 
 

@@ -85,3 +85,13 @@ def write_results(out_dir: str | Path, name: str, payload: dict[str, Any], table
     body += [f"- {n}" for n in notes]
     md_path.write_text("\n".join(body) + "\n")
     return {"json": json_path, "md": md_path}
+
+
+def print_report(payload: dict[str, Any], body: str, notes: Sequence[str], written: Sequence[Path | str]) -> None:
+    """Print what ``write_results`` wrote: the machine, the tables, the notes and the file paths."""
+    print(f"\nMachine: {machine_line(payload['machine'])}\n")
+    print(body)
+    print()
+    for n in notes:
+        print(f"- {n}")
+    print(f"\nwrote {', '.join(str(w) for w in written)}")
