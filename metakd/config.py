@@ -107,7 +107,8 @@ class DistillConfig:
     c_attn for GPT-2, q_proj/k_proj/v_proj for Llama-style models)."""
     feature_layers: dict[int, int] | None = None
     """Hidden-state distillation map: student layer -> teacher layer (0 = embeddings output,
-    i = output of block i, before any final norm). None or empty disables the feature loss."""
+    i = output of block i, before any final norm; negative indices count from the end, -1 = the
+    last block's output). None or empty disables the feature loss."""
     feature_weight: float = 0.0
     """Weight of the mean-squared hidden-state loss over the mapped layers."""
     quiz_fraction: float = 0.1
@@ -176,9 +177,6 @@ class DistillConfig:
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
         if self.feature_layers:
-            for s, t in self.feature_layers.items():
-                if s < 0 or t < 0:
-                    raise ConfigError(f"feature_layers indices must be >= 0, got {s} -> {t}")
             if self.feature_weight == 0.0:
                 raise ConfigError("feature_layers is set but feature_weight is 0; set feature_weight > 0")
         if self.pilot_optimizer == "adam" and self.meta_grad != "higher":

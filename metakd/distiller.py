@@ -56,6 +56,25 @@ def _require_lm_head(name: str, model: nn.Module) -> None:
                          f"{type(model).__name__} without an output (LM) head")
 
 
+def _real_tokens(inputs: Mapping[str, torch.Tensor]) -> int:
+    """Input tokens that are not padding (all of them without an attention mask)."""
+    mask = inputs.get("attention_mask")
+    return int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+
+
+def resolve_feature_layers(layers: Mapping[int, int], n_student: int, n_teacher: int) -> dict[int, int]:
+    """``feature_layers`` with negative indices counted from the end (-1: the last hidden state,
+    the output of the last block); raises ModelError for an index out of range."""
+    out = {}
+    for s, t in layers.items():
+        s_abs, t_abs = (s + n_student + 1 if s < 0 else s), (t + n_teacher + 1 if t < 0 else t)
+        if not 0 <= s_abs <= n_student or not 0 <= t_abs <= n_teacher:
+            raise ModelError(f"feature_layers {s} -> {t} out of range: the student has hidden states "
+                             f"0..{n_student} (or -1..-{n_student + 1}), the teacher 0..{n_teacher}")
+        out[s_abs] = t_abs
+    return out
+
+
 def _hidden_width(model: nn.Module) -> int | None:
     return getattr(getattr(model, "config", None), "hidden_size", None)
 
@@ -71,7 +90,9 @@ class MetaDistiller:
 
     ``timer`` (e.g. ``metakd.telemetry.PhaseTimer(device)``) times the phases of every step
     (teacher_forward, pilot, quiz, directional_derivative, teacher_backward, teacher_step,
-    student_step); ``step`` then reports them as ``time_<phase>`` seconds.
+    student_step); ``step`` then reports them as ``time_<phase>`` seconds, plus ``cpu_<phase>``
+    CPU seconds, ``mem_<phase>`` peak bytes and ``energy_<phase>`` joules where the timer tracks
+    them (``PhaseTimer(device, memory=True, energy=EnergyMeter())``).
     """
 
     def __init__(self, teacher: nn.Module, student: nn.Module, config: DistillConfig | None = None,
@@ -104,8 +125,7 @@ class MetaDistiller:
             use_eager_attention(student)
         self.timer = timer
 
-        feature_layers = cfg.feature_layers or {}
-        self._check_feature_layers(teacher, student, feature_layers)
+        feature_layers = self._check_feature_layers(teacher, student, cfg.feature_layers or {})
         t_width, s_width = _hidden_width(self.teacher), _hidden_width(student)
         self._student = DistillStudent(
             student.to(self.device), feature_layers,
@@ -141,14 +161,10 @@ class MetaDistiller:
         return count_parameters(self.phi)
 
     @staticmethod
-    def _check_feature_layers(teacher: nn.Module, student: nn.Module, layers: Mapping[int, int]) -> None:
+    def _check_feature_layers(teacher: nn.Module, student: nn.Module, layers: Mapping[int, int]) -> dict[int, int]:
         if not layers:
-            return
-        n_t, n_s = len(find_layer_list(teacher)[1]), len(find_layer_list(student)[1])
-        for s, t in layers.items():
-            if s > n_s or t > n_t:
-                raise ModelError(f"feature_layers {s} -> {t} out of range: the student has hidden states "
-                                 f"0..{n_s}, the teacher 0..{n_t}")
+            return {}
+        return resolve_feature_layers(layers, len(find_layer_list(student)[1]), len(find_layer_list(teacher)[1]))
 
     # ------------------------------------------------------------------ one step
     @property
@@ -191,6 +207,9 @@ class MetaDistiller:
         metrics["seconds"] = time.perf_counter() - start
         if timing:
             metrics.update({f"time_{k}": v for k, v in self.timer.totals().items()})
+            for prefix, read in (("cpu", "cpu_seconds"), ("mem", "peaks"), ("energy", "energy")):
+                values = getattr(self.timer, read, dict)()  # a timer with only phase/totals/reset has none
+                metrics.update({f"{prefix}_{k}": float(v) for k, v in values.items() if v is not None})
         self.steps_done += 1
         return metrics
 
@@ -338,7 +357,8 @@ class MetaDistiller:
                        for b in self._loader(data, self.config.eval_batch_size, shuffle=False, seed=0))
             if self.config.task == "causal_lm":
                 return evaluate_lm(lambda b: net(**model_inputs(b, side)).logits, batches, self.config.lm_chunk_size)
-            return evaluate_classifier(lambda b: net(**model_inputs(b, side)).logits, batches, self.num_labels)
+            return evaluate_classifier(lambda b: net(**model_inputs(b, side)).logits, batches, self.num_labels,
+                                       count_tokens=lambda b: _real_tokens(model_inputs(b, side)))
         finally:
             net.train(was_training)
 

@@ -47,11 +47,16 @@ def classification_scores(predictions: Tensor, labels: Tensor, num_classes: int 
 
 @torch.no_grad()
 def evaluate_classifier(forward: Callable[[Mapping[str, Any]], Tensor], batches: Iterable[Mapping[str, Any]],
-                        num_classes: int | None = None) -> dict[str, float]:
-    """Run ``forward`` (batch → logits) over ``batches``; scores, mean CE loss, examples/s."""
-    preds, labels, loss_sum, n = [], [], 0.0, 0
+                        num_classes: int | None = None,
+                        count_tokens: Callable[[Mapping[str, Any]], int] | None = None) -> dict[str, float]:
+    """Run ``forward`` (batch → logits) over ``batches``; scores, mean CE loss (the NLL),
+    examples/s, and tokens/s when ``count_tokens`` (batch → number of real input tokens) is given.
+    Throughput is wall time of the whole pass (forward, loss, argmax) without gradients."""
+    preds, labels, loss_sum, n, tokens = [], [], 0.0, 0, 0
     start = time.perf_counter()
     for batch in batches:
+        if count_tokens is not None:
+            tokens += int(count_tokens(batch))
         logits = forward(batch)
         y = batch["labels"].to(logits.device)
         loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
@@ -64,6 +69,8 @@ def evaluate_classifier(forward: Callable[[Mapping[str, Any]], Tensor], batches:
     scores = classification_scores(torch.cat(preds), torch.cat(labels), num_classes)
     scores["loss"] = loss_sum / n
     scores["examples_per_second"] = n / seconds if seconds > 0 else float("nan")
+    if count_tokens is not None:
+        scores["tokens_per_second"] = tokens / seconds if seconds > 0 else float("nan")
     return scores
 
 

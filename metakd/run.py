@@ -104,18 +104,7 @@ class RunConfig:
         values = yaml.safe_load(path.read_text()) or {}
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping of run config keys")
-        for item in overrides or []:
-            key, sep, raw = item.partition("=")
-            if not sep or not key:
-                raise ConfigError(f"override {item!r} must look like key=value (e.g. distill.meta_update=full)")
-            target = values
-            *parents, leaf = key.split(".")
-            for part in parents:
-                target = target.setdefault(part, {})
-                if not isinstance(target, dict):
-                    raise ConfigError(f"override {item!r}: {part!r} is not a mapping")
-            target[leaf] = yaml.safe_load(raw)
-        return cls.from_dict(values)
+        return cls.from_dict(apply_overrides(values, overrides or []))
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -126,6 +115,23 @@ class RunConfig:
     def teacher_dir(self) -> Path:
         """Where ``finetune-teacher`` saves the task teacher and ``distill`` looks for it."""
         return Path(self.output) / "teacher"
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set ``key=value`` strings (dotted keys reach into mappings: ``distill.meta_update=full``;
+    values are parsed as YAML) in the run-file mapping ``values``, in place; returns it."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. distill.meta_update=full)")
+        target = values
+        *parents, leaf = key.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a mapping")
+        target[leaf] = yaml.safe_load(raw)
+    return values
 
 
 # ---------------------------------------------------------------------------- models
@@ -338,6 +344,7 @@ def distill(run: RunConfig, progress: bool = True) -> dict[str, Any]:
         "teacher_after": d.evaluate(encoded["eval"], model="teacher"), "train": m.to_dict(),
         "steps": len(history["train"]), "trainable_teacher_params": d.trainable_teacher_parameters(),
         "student_params": sum(p.numel() for p in d.student.parameters()),
+        "trainable_student_params": sum(p.numel() for p in d.student_params),
     }
     if run.task == "causal_lm":
         prompts = torch.stack([encoded["eval"][i]["input_ids"][:8] for i in range(min(4, len(encoded["eval"])))])
@@ -351,4 +358,4 @@ def distill(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     return result
 
 
-__all__ = ["RunConfig", "build_student", "distill", "encode_splits", "finetune_teacher", "load_data", "load_teacher"]
+__all__ = ["RunConfig", "apply_overrides", "build_student", "distill", "encode_splits", "finetune_teacher", "load_data", "load_teacher"]

@@ -93,9 +93,8 @@ def test_feature_layers_without_feature_weight_raises():
     assert DistillConfig(feature_layers={}, feature_weight=0.0).feature_layers == {}
 
 
-def test_negative_feature_layer_raises():
-    with pytest.raises(ConfigError, match="feature_layers"):
-        DistillConfig(feature_layers={-1: 2}, feature_weight=1.0)
+def test_negative_feature_layers_are_kept_for_the_distiller_to_resolve():
+    assert DistillConfig(feature_layers={-1: -2}, feature_weight=1.0).feature_layers == {-1: -2}
 
 
 @pytest.mark.parametrize("field, value", [("alpha", 0.0), ("alpha", 1.0), ("alpha", 1), ("quiz_fraction", 0.5),

@@ -164,3 +164,38 @@ def test_labels_out_of_range_are_refused_before_training():
 def test_mismatched_label_counts_are_refused():
     with pytest.raises(ModelError, match="labels"):
         MetaDistiller(tiny_classifier(num_labels=3, seed=1), tiny_classifier(num_labels=2, seed=2))
+
+
+@pytest.mark.parametrize("layers, want", [({-1: -1}, {2: 3}), ({1: -2}, {1: 2}), ({-3: -4}, {0: 0})])
+def test_negative_feature_layers_count_from_the_end(layers, want):
+    from metakd.distiller import resolve_feature_layers
+
+    assert resolve_feature_layers(layers, n_student=2, n_teacher=3) == want
+
+
+@pytest.mark.parametrize("layers", [{3: 1}, {-4: 1}, {1: 4}, {1: -5}])
+def test_feature_layers_out_of_range_name_the_ranges(layers):
+    from metakd.distiller import resolve_feature_layers
+
+    with pytest.raises(ModelError, match=r"0\.\.2 .*0\.\.3"):
+        resolve_feature_layers(layers, n_student=2, n_teacher=3)
+
+
+def test_distiller_trains_features_mapped_with_negative_indices():
+    teacher = tiny_classifier("bert", num_layers=3, seed=1)
+    student = tiny_classifier("bert", num_layers=2, seed=2)
+    d = MetaDistiller(teacher, student, DistillConfig(meta_update="none", feature_layers={-1: -1},
+                                                      feature_weight=1.0, progress=False))
+    assert d.objective.feature_layers == {2: 3}
+    assert d.step(make_batch(0))["student_loss"] > 0
+
+
+def test_evaluate_reports_tokens_per_second_of_real_tokens():
+    d, _, _ = _run("none", "bert", steps=0)
+    data = [{"input_ids": torch.tensor([5, 6, 7]), "attention_mask": torch.ones(3, dtype=torch.long),
+             "labels": torch.tensor(1)},
+            {"input_ids": torch.tensor([5, 6, 7, 8, 9]), "attention_mask": torch.ones(5, dtype=torch.long),
+             "labels": torch.tensor(0)}]  # padded to 2 x 5: 8 real tokens, 2 examples
+    scores = d.evaluate(data)
+    assert scores["tokens_per_second"] > 0 and scores["examples_per_second"] > 0
+    assert scores["tokens_per_second"] / scores["examples_per_second"] == pytest.approx(4.0, rel=1e-6)

@@ -6,4 +6,9 @@ BENCHMARKS = {
     "meta-grad": "metakd.bench.meta_grad",
     "lm-chunking": "metakd.bench.lm_chunking",
     "quantized-teacher": "metakd.bench.quantized_teacher",
+    "temperature": "metakd.bench.temperature",
+    "feature-layers": "metakd.bench.feature_layers",
+    "student-lora-vs-full": "metakd.bench.student_lora_vs_full",
+    "kd-vs-meta": "metakd.bench.kd_vs_meta",
+    "scaling": "metakd.bench.scaling",
 }
