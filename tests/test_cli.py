@@ -32,8 +32,34 @@ def test_bench_meta_update_quick_end_to_end(tmp_path):
         assert 0.0 <= r["student"]["accuracy"] <= 1.0
     # plain KD leaves the teacher as it was
     assert results["none"]["teacher_before"]["accuracy"] == results["none"]["teacher_after"]["accuracy"]
+    # per phase: time, CPU time, peak memory and energy of every phase, each figure labelled
+    meta_phases = {"teacher_forward", "pilot", "quiz", "directional_derivative", "teacher_backward", "teacher_step",
+                   "student_step"}
+    assert set(results["none"]["phases"]) == {"teacher_forward", "student_step"}
+    assert set(results["lora"]["phases"]) == set(results["full"]["phases"]) == meta_phases
+    for r in results.values():
+        for stats in r["phases"].values():
+            assert stats["steps"] == 4
+            assert stats["total_seconds"] >= 0 and stats["mean_seconds_per_step"] >= 0
+            assert stats["cpu_seconds"] >= 0 and stats["energy_joules_per_step"] >= 0
+            assert stats["peak_memory_bytes"] is None or stats["peak_memory_bytes"] > 0
+        assert r["phase_energy_source"] and r["phase_memory_source"]
+        assert isinstance(r["phase_energy_estimated"], bool)
+    for entry in payload["summary"]:
+        assert set(entry["phases"]) == set(results[entry["mode"]]["phases"])
+        assert all(set(st) == {"seconds_per_step", "cpu_seconds_per_step", "peak_memory_bytes",
+                               "energy_joules_per_step"} for st in entry["phases"].values())
+    measured = payload["measured"]
+    assert set(measured["phases"]) == {"seconds_per_step", "cpu_seconds_per_step", "peak_memory_bytes",
+                                       "energy_joules_per_step"}
+    assert measured["phases"]["energy_joules_per_step"] is not any(r["phase_energy_estimated"] for r in results.values())
+    assert measured["energy_joules"] is not any(r["train"]["energy_estimated"] for r in results.values())
+    assert "phases.energy_joules_per_step" in payload["sources"]
+    assert "| LoRA meta-update | directional_derivative |" in proc.stdout
+    assert "per meta-gradient phase" in proc.stdout
     assert payload["machine"]["logical_cores"] >= 1
     assert (out / "meta_update.md").read_text().count("|") > 10
+    assert "Per phase" in (out / "meta_update.md").read_text()
     assert (out / "meta_update.png").stat().st_size > 1000
 
 

@@ -4,7 +4,9 @@ student initialisation. Prints a table and writes results/meta_update.{json,md,p
     metakd bench meta-update [--quick] [--data PATH|glue/sst2] [--steps N] [--seeds 0,1,2] [--out results]
 
 With several seeds every mode runs once per seed (the teacher is fine-tuned once, with the first
-seed); the table reports mean ± standard deviation over seeds.
+seed); the table reports mean ± standard deviation over seeds. A second table breaks every step
+down by phase (teacher forward, pilot step, quiz, meta-gradient, teacher step, student step):
+seconds, CPU seconds, peak memory and energy per phase, from ``telemetry.PhaseTimer``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from ..config import DistillConfig
 from ..distiller import MetaDistiller
 from ..finetune import cache_key, cached_model, evaluate_model, finetune_classifier
 from ..models import embedded_teacher_path, load_classifier, student_from_teacher, use_eager_attention
-from ..telemetry import EnergyMeter, measure
+from ..telemetry import EnergyMeter, PhaseTimer, measure
 from .report import fmt_bytes, markdown_table, print_report, run_worker, serve_worker, write_results
 
 NAME = "meta_update"
@@ -33,6 +35,11 @@ MODE_LABELS = {"none": "plain KD", "lora": "LoRA meta-update", "full": "full met
 # Settings of the full run and of --quick (tiny random models, a slice of the data).
 FULL = dict(n_train=2000, n_eval=500, steps=100, finetune_epochs=2, batch_size=32, max_length=64)
 QUICK = dict(n_train=600, n_eval=200, steps=12, finetune_epochs=3, batch_size=16, max_length=48)
+# The phases MetaDistiller times, in the order of a meta-step; META_PHASES make up the meta-gradient
+# and the teacher update (what plain KD does not do).
+PHASES = ("teacher_forward", "pilot", "quiz", "directional_derivative", "teacher_backward", "teacher_step",
+          "student_step")
+META_PHASES = ("pilot", "quiz", "directional_derivative", "teacher_backward", "teacher_step")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -153,9 +160,11 @@ def run_mode(spec: dict[str, Any]) -> dict[str, Any]:
     pad = teacher.config.pad_token_id or 0
     teacher_before = evaluate_model(teacher, held_out, pad_id=pad)
 
-    distiller = MetaDistiller(teacher, student, cfg)
+    timer = PhaseTimer(next(student.parameters()).device, memory=True, energy=EnergyMeter())
+    distiller = MetaDistiller(teacher, student, cfg, timer=timer)
     with measure(energy=EnergyMeter()) as m:
         history = distiller.fit(train)
+    timer.close()
     student_scores = distiller.evaluate(held_out)
     teacher_after = distiller.evaluate(held_out, model="teacher")
     steps = history["train"]
@@ -171,12 +180,43 @@ def run_mode(spec: dict[str, Any]) -> dict[str, Any]:
         "median_step_seconds": statistics.median(secs),
         "mean_step_seconds": statistics.fmean(secs),
         "train": m.to_dict(),
+        "phases": phase_stats(steps),
+        "phase_memory_source": timer.memory_source,
+        "phase_energy_source": timer.energy_source,
+        "phase_energy_estimated": timer.energy_estimated,
         "student": student_scores,
         "teacher_before": teacher_before,
         "teacher_after": teacher_after,
         "student_loss": [h["student_loss"] for h in steps],
         "quiz_loss": [h.get("quiz_loss") for h in steps],
     }
+
+
+def phase_stats(steps: list[dict[str, float]]) -> dict[str, dict[str, Any]]:
+    """Per phase over the steps of one run (from the ``time_/cpu_/mem_/energy_<phase>`` step
+    metrics): total and mean seconds per step (a step without the phase counts as 0), CPU
+    seconds, the peak memory over the steps and the energy."""
+    names = [p for p in PHASES if any(f"time_{p}" in h for h in steps)]
+    names += sorted({k[5:] for h in steps for k in h if k.startswith("time_")} - set(names))
+    n = max(len(steps), 1)
+    out: dict[str, dict[str, Any]] = {}
+    for p in names:
+        secs = [h.get(f"time_{p}", 0.0) for h in steps]
+        cpu = sum(h.get(f"cpu_{p}", 0.0) for h in steps)
+        mem = [h[f"mem_{p}"] for h in steps if f"mem_{p}" in h]
+        energy = [h[f"energy_{p}"] for h in steps if f"energy_{p}" in h]
+        out[p] = {
+            "steps": sum(f"time_{p}" in h for h in steps),
+            "total_seconds": sum(secs),
+            "mean_seconds_per_step": sum(secs) / n,
+            "median_seconds_per_step": statistics.median(secs) if secs else 0.0,
+            "cpu_seconds": cpu,
+            "mean_cpu_seconds_per_step": cpu / n,
+            "peak_memory_bytes": int(max(mem)) if mem else None,
+            "energy_joules": sum(energy) if energy else None,
+            "energy_joules_per_step": sum(energy) / n if energy else None,
+        }
+    return out
 
 
 # ---------------------------------------------------------------------------- report
@@ -208,7 +248,28 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         entry["teacher_accuracy_before"] = runs[0]["teacher_before"]["accuracy"]
         for key, values in series.items():
             entry[key] = dict(zip(("mean", "std"), _mean_std(values)))
+        entry["phases"] = _summarize_phases(runs)
+        entry["phase_energy_estimated"] = any(r.get("phase_energy_estimated", True) for r in runs)
         out.append(entry)
+    return out
+
+
+def _summarize_phases(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per phase: mean and std over seeds of seconds, CPU seconds and energy per step and of the
+    peak memory (None where a run did not track it)."""
+    names = list(dict.fromkeys(p for r in runs for p in r.get("phases", {})))
+    out: dict[str, dict[str, Any]] = {}
+    for p in names:
+        stats = [r["phases"].get(p) for r in runs]
+        entry: dict[str, Any] = {}
+        for key, field in (("seconds_per_step", "mean_seconds_per_step"),
+                           ("cpu_seconds_per_step", "mean_cpu_seconds_per_step"),
+                           ("peak_memory_bytes", "peak_memory_bytes"),
+                           ("energy_joules_per_step", "energy_joules_per_step")):
+            values = [0.0 if st is None and key != "peak_memory_bytes" else (st or {}).get(field) for st in stats]
+            entry[key] = (dict(zip(("mean", "std"), _mean_std(values)))
+                          if values and all(v is not None for v in values) else None)
+        out[p] = entry
     return out
 
 
@@ -237,6 +298,27 @@ def build_table(summary: list[dict[str, Any]]) -> str:
     return markdown_table(cols, rows)
 
 
+def phase_table(summary: list[dict[str, Any]]) -> str:
+    """Mode x phase: mean seconds per step in the phase (and its share of the step), CPU seconds,
+    the peak memory during the phase and the energy per step in the phase; mean over seeds."""
+    rows = []
+    for e in summary:
+        n = len(e["seeds"])
+        step = sum(st["seconds_per_step"]["mean"] for st in e["phases"].values() if st["seconds_per_step"])
+        for p, st in e["phases"].items():
+            secs = st["seconds_per_step"]
+            energy = st["energy_joules_per_step"]
+            rows.append([
+                e["label"], p, _pm(secs, ".4f", n) if secs else "n/a",
+                f"{secs['mean'] / step:.0%}" if secs and step > 0 else "n/a",
+                _pm(st["cpu_seconds_per_step"], ".4f", n) if st["cpu_seconds_per_step"] else "n/a",
+                fmt_bytes(st["peak_memory_bytes"]["mean"]) if st["peak_memory_bytes"] else "n/a",
+                (f"{energy['mean']:.3f} J" + (" (estimated)" if e["phase_energy_estimated"] else "")) if energy else "n/a",
+            ])
+    return markdown_table(["mode", "phase", "s/step (mean)", "share of timed step", "CPU s/step", "peak memory",
+                           "energy/step"], rows)
+
+
 def per_seed_table(results: list[dict[str, Any]]) -> str:
     rows = [[r["label"], r["seed"], f"{r['student']['accuracy']:.4f}", f"{r['student']['f1']:.4f}",
              f"{r['median_step_seconds']:.3f}", fmt_bytes(r["train"]["peak_memory_bytes"]),
@@ -258,7 +340,54 @@ def savings(summary: list[dict[str, Any]]) -> list[str]:
     if "none" in by:
         lines.append("LoRA meta-step / plain KD step: "
                      f"{lo['median_step_seconds']['mean'] / by['none']['median_step_seconds']['mean']:.2f}x time")
+    parts = []
+    for p in META_PHASES:
+        a, b = lo.get("phases", {}).get(p), fu.get("phases", {}).get(p)
+        if not a or not b:
+            continue
+        ratios = []
+        for key, what in (("seconds_per_step", "time"), ("peak_memory_bytes", "peak memory"),
+                          ("energy_joules_per_step", "energy")):
+            if a[key] and b[key] and b[key]["mean"] > 0:
+                ratios.append(f"{what} {a[key]['mean'] / b[key]['mean']:.2f}x")
+        if ratios:
+            parts.append(f"{p} {', '.join(ratios)}")
+    if parts:
+        lines.append("LoRA / full meta-update per meta-gradient phase: " + "; ".join(parts))
     return lines
+
+
+def measured_flags(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """For every figure of the report: True where measured, False where estimated, None where not
+    available (``sources`` in the payload says by what)."""
+    energy_measured = not any(r["train"]["energy_estimated"] for r in results)
+    phase_energy = not any(r.get("phase_energy_estimated", True) for r in results)
+    phase_memory = all(not r.get("phase_memory_source", "n/a").startswith("n/a") for r in results)
+    return {
+        "trainable_teacher_params": True, "student_params": True,
+        "median_step_seconds": True, "mean_step_seconds": True, "train_seconds": True, "train_cpu_seconds": True,
+        "peak_memory_bytes": True, "energy_joules": energy_measured,
+        "accuracy": True, "f1": True, "precision": True, "recall": True,
+        "teacher_accuracy_before": True, "teacher_accuracy_after": True,
+        "phases": {"seconds_per_step": True, "cpu_seconds_per_step": True,
+                   "peak_memory_bytes": True if phase_memory else None, "energy_joules_per_step": phase_energy},
+        # the coarse flags of earlier reports
+        "time": True, "memory": True, "energy": energy_measured,
+    }
+
+
+def figure_sources(results: list[dict[str, Any]]) -> dict[str, str]:
+    """What each measured or estimated figure comes from."""
+    first = results[0] if results else {}
+    return {
+        "seconds": "wall clock (time.perf_counter)",
+        "peak_memory_bytes": first.get("train", {}).get("memory_source", "n/a") + " of the worker process",
+        "energy_joules": first.get("train", {}).get("energy_source", "n/a"),
+        "phases.seconds_per_step": "wall clock per phase (PhaseTimer)",
+        "phases.cpu_seconds_per_step": "getrusage user + system time per phase",
+        "phases.peak_memory_bytes": first.get("phase_memory_source", "n/a"),
+        "phases.energy_joules_per_step": first.get("phase_energy_source", "n/a"),
+    }
 
 
 def plot(summary: list[dict[str, Any]], path: Path) -> None:
@@ -268,7 +397,7 @@ def plot(summary: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     labels = [e["label"] for e in summary]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     panels = [
         ("seconds per step (median)", [e["median_step_seconds"] for e in summary], 1.0),
         ("peak memory (MiB)", [e["peak_memory_bytes"] for e in summary], 2.0**-20),
@@ -280,8 +409,20 @@ def plot(summary: list[dict[str, Any]], path: Path) -> None:
                color=colors, capsize=4)
         ax.set_title(title)
         ax.tick_params(axis="x", labelrotation=15)
+    ax = axes[3]  # stacked: where the time of a step goes
+    names = [p for p in PHASES if any(p in e["phases"] for e in summary)]
+    names += [p for e in summary for p in e["phases"] if p not in names]
+    bottom = [0.0] * len(summary)
+    cmap = plt.get_cmap("tab10")
+    for i, p in enumerate(names):
+        heights = [((e["phases"].get(p) or {}).get("seconds_per_step") or {"mean": 0.0})["mean"] for e in summary]
+        ax.bar(labels, heights, bottom=bottom, color=cmap(i % 10), label=p)
+        bottom = [b + h for b, h in zip(bottom, heights)]
+    ax.set_title("seconds per step by phase (mean)")
+    ax.tick_params(axis="x", labelrotation=15)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -331,15 +472,20 @@ def main(argv: list[str] | None = None) -> int:
         f"torch threads per run: {results[0]['threads']}" if results else "",
         "peak memory: peak RSS of one process per run (includes loading the models)",
         "energy: " + (results[0]["train"]["energy_source"] if results else "n/a"),
+        "per phase: wall and CPU seconds per step (a phase a step skips counts as 0), peak memory during the "
+        f"phase ({results[0]['phase_memory_source'] if results else 'n/a'}; absolute, models included), energy "
+        f"({results[0]['phase_energy_source'] if results else 'n/a'}); the meta-gradient phases are pilot, quiz, "
+        "directional_derivative and teacher_backward, then teacher_step updates the teacher",
     ]
     if len(args.seed_list) > 1:
         table += "\n\nPer seed:\n\n" + per_seed_table(results)
+    table += "\n\nPer phase (mean over the steps" + (" and seeds" if len(args.seed_list) > 1 else "") + "):\n\n"
+    table += phase_table(summary)
     payload = {"benchmark": args.name, "quick": args.quick, "settings": s, "seeds": args.seed_list, "data": args.data,
                "n_train": len(splits["train"]), "n_eval": len(splits["eval"]), "threads": args.threads,
                "student_layers": student_layers, "config": base_cfg.to_dict(), "teacher": teacher,
                "summary": summary, "results": results,
-               "measured": {"time": True, "memory": True,
-                            "energy": not any(r["train"]["energy_estimated"] for r in results)}}
+               "measured": measured_flags(results), "sources": figure_sources(results)}
     notes = [n for n in notes if n]
     paths = write_results(args.out, args.name, payload, table, notes)
     png = Path(args.out) / f"{args.name}.png"
