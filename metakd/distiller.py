@@ -113,6 +113,9 @@ class MetaDistiller:
                 raise ModelError(f"teacher has {t_labels} labels but the student has {s_labels}")
             self.num_labels = s_labels or t_labels
 
+        # LoRA adapters and feature projections start from random weights: seed them by config,
+        # so a run is reproducible from its seed alone
+        torch.manual_seed(cfg.seed)
         if cfg.meta_update == "lora" and not has_lora(teacher):
             teacher = attach_lora(teacher, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
         self.teacher = teacher.to(self.device)

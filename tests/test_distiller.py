@@ -199,3 +199,16 @@ def test_evaluate_reports_tokens_per_second_of_real_tokens():
     scores = d.evaluate(data)
     assert scores["tokens_per_second"] > 0 and scores["examples_per_second"] > 0
     assert scores["tokens_per_second"] / scores["examples_per_second"] == pytest.approx(4.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("overrides", [dict(meta_update="lora"), dict(meta_update="none", student_lora=True)])
+def test_adapters_start_from_the_config_seed(overrides):
+    def adapters(seed):
+        torch.manual_seed(1000 + seed * 7)  # whatever the global RNG holds before
+        d = MetaDistiller(tiny_classifier("bert", num_layers=2, seed=1), tiny_classifier("bert", num_layers=1, seed=2),
+                          DistillConfig(seed=3, progress=False, **overrides))
+        model = d.student if overrides.get("student_lora") else d.teacher
+        return {n: p.detach().clone() for n, p in model.named_parameters() if LORA_MARKER in n}
+
+    a, b = adapters(0), adapters(1)
+    assert a and all(torch.equal(a[n], b[n]) for n in a)
