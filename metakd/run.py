@@ -341,7 +341,9 @@ def distill(run: RunConfig, progress: bool = True) -> dict[str, Any]:
         history = d.fit(encoded["train"], eval_data=encoded["eval"])
     result: dict[str, Any] = {
         "run": run.to_dict(), "student": history["eval"][-1], "teacher_before": teacher_before,
-        "teacher_after": d.evaluate(encoded["eval"], model="teacher"), "train": m.to_dict(),
+        # plain KD leaves the teacher as it was: no second evaluation
+        "teacher_after": (teacher_before if cfg.meta_update == "none" else d.evaluate(encoded["eval"], model="teacher")),
+        "train": m.to_dict(),
         "steps": len(history["train"]), "trainable_teacher_params": d.trainable_teacher_parameters(),
         "student_params": sum(p.numel() for p in d.student.parameters()),
         "trainable_student_params": sum(p.numel() for p in d.student_params),
