@@ -170,6 +170,8 @@ def prepare_teacher(run, fine_tune: bool = True, progress: bool = True) -> dict[
             source = replace(run, teacher=str(_tiny_teacher_dir(tmp, _num_labels(run, splits))))
         print(f"fine-tuning the teacher ({run.teacher}) on the task once; cached in {target}", file=sys.stderr)
         report = finetune_teacher(replace(source, output=str(tmp)), progress=progress)
+        report_file = tmp / "teacher" / "metakd_finetune.json"
+        report_file.write_text(json.dumps(dict(report, saved=str(target / "teacher")), indent=2, default=str))
         if target.exists():  # another process finished first: keep its copy
             shutil.rmtree(tmp)
         else:
