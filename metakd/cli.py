@@ -1,4 +1,4 @@
-"""The ``metakd`` command: ``distill``, ``finetune-teacher`` and ``bench``."""
+"""The ``metakd`` command: ``distill``, ``finetune-teacher``, ``compress`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
                                 "teacher's adapters and metrics.json under the output directory")
     _run_parser(sub, "finetune-teacher", "fine-tune the run's teacher on its task (or train a new:ARCH teacher from "
                                          "scratch) and save it in OUTPUT/teacher, where distill picks it up")
+    _run_parser(sub, "compress", "prune, recovery-distil and quantize the distilled student as the run file's "
+                                 "'compress:' section says (distilling first when OUTPUT/distilled is missing); "
+                                 "every stage is saved under OUTPUT/compressed and scored in OUTPUT/compression.json")
     bench = sub.add_parser("bench", help="run a benchmark (prints a table, writes results/NAME.{json,md,png})",
                            add_help=False)
     bench.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
@@ -65,6 +68,8 @@ def _run_command(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides) + ([f"output={args.output}"] if args.output else [])
     run = RunConfig.from_yaml(args.config, overrides)
+    if args.command == "compress":
+        return _compress(run, progress=not args.no_progress)
     if args.command == "finetune-teacher":
         report = finetune_teacher(run, progress=not args.no_progress)
         print(f"teacher saved to {report['saved']}: {_summary(report['eval'], ('accuracy', 'f1', 'perplexity'))}")
@@ -80,6 +85,18 @@ def _run_command(args: argparse.Namespace) -> int:
     print(f"saved to {result['saved']}; metrics in {run.output}/metrics.json")
     print(json.dumps({"train_seconds": result["train"].get("seconds"),
                       "peak_memory_bytes": result["train"].get("peak_memory_bytes")}))
+    return 0
+
+
+def _compress(run, progress: bool) -> int:
+    from .bench.report import markdown_table
+    from .compress.pipeline import compress, stage_table
+
+    report = compress(run, progress=progress)
+    print(markdown_table(*stage_table(report)))
+    again = report["reloaded"]
+    print(f"reloaded {again['stage']} from disk: largest score difference {again['max_abs_difference']:.3g}")
+    print(f"saved under {run.output}/compressed; report in {run.output}/compression.json")
     return 0
 
 

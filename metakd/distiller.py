@@ -379,15 +379,12 @@ class MetaDistiller:
         - ``distill_config.yaml``; ``tokenizer`` in ``teacher*/`` and in ``student/`` (where
           ``student_tokenizer``, when the student tokenizes differently, takes its place).
         """
-        import shutil
-        import tempfile
-
         from safetensors.torch import save_file
 
+        from .atomic import atomic_directory
+
         target = Path(directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
+        with atomic_directory(target) as tmp:
             student = self.student
             if has_lora(student):
                 student.save_pretrained(str(tmp / "student_adapters"), safe_serialization=True)
@@ -408,17 +405,6 @@ class MetaDistiller:
                 save_file({k: v.detach().cpu().contiguous() for k, v in self._student.projections.state_dict().items()},
                           str(tmp / "feature_projections.safetensors"))
             self.config.save_yaml(tmp / "distill_config.yaml")
-            old = None
-            if target.exists():
-                old = target.with_name(f".{target.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                target.rename(old)
-            tmp.rename(target)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return target
 
 

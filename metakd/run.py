@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from . import data as data_mod
+from .compress.config import CompressConfig
 from .config import TASKS, ConfigError, DistillConfig, _yaml_number
 
 FINETUNE_KEYS = {"epochs": 1, "lr": 5e-5, "batch_size": 32, "n_train": None, "max_steps": None}
@@ -56,6 +57,8 @@ class RunConfig:
     """causal_lm: new tokens per prompt when measuring generation speed."""
     output: str = "runs/metakd"
     distill: DistillConfig = field(default_factory=DistillConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
+    """``metakd compress``: pruning, recovery distillation and quantization of the distilled student."""
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -84,8 +87,11 @@ class RunConfig:
         known = [f.name for f in dataclasses.fields(cls)]
         for key in values:
             if key not in known:
-                hint = difflib.get_close_matches(key, known + [f.name for f in dataclasses.fields(DistillConfig)], n=1)
-                where = " (distillation settings go under 'distill:')" if hint and hint[0] not in known else ""
+                sections = {f.name: "distill" for f in dataclasses.fields(DistillConfig)}
+                sections.update({f.name: "compress" for f in dataclasses.fields(CompressConfig)})
+                hint = difflib.get_close_matches(key, known + list(sections), n=1)
+                where = (f" ({sections[hint[0]]} settings go under '{sections[hint[0]]}:')"
+                         if hint and hint[0] not in known else "")
                 raise ConfigError(f"unknown run config key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
                                   + where)
         values = dict(values)
@@ -93,7 +99,8 @@ class RunConfig:
         if not isinstance(distill, dict):
             raise ConfigError("'distill' must be a mapping of DistillConfig keys")
         distill.setdefault("task", values.get("task", "classification"))
-        return cls(distill=DistillConfig.from_dict(distill), **values)
+        compress = CompressConfig.from_dict(values.pop("compress", None) or {})
+        return cls(distill=DistillConfig.from_dict(distill), compress=compress, **values)
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "RunConfig":
@@ -109,6 +116,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["distill"] = self.distill.to_dict()
+        out["compress"] = self.compress.to_dict()
         return out
 
     @property
@@ -147,12 +155,18 @@ def _teacher_source(run: RunConfig) -> str:
     return run.teacher
 
 
+def teacher_source(run: RunConfig) -> str:
+    """Where the run's teacher loads from: the fine-tuned one in ``output/teacher`` when it exists,
+    else the configured one."""
+    return str(run.teacher_dir) if (run.teacher_dir / "config.json").is_file() else _teacher_source(run)
+
+
 def load_teacher(run: RunConfig, num_labels: int | None, source: str | None = None):
     """(teacher, tokenizer): the fine-tuned teacher in ``output/teacher`` when it exists, else the
     configured one; quantized when ``teacher_bits`` is set."""
     from .models import load_causal_lm, load_classifier
 
-    source = source or (str(run.teacher_dir) if (run.teacher_dir / "config.json").is_file() else _teacher_source(run))
+    source = source or teacher_source(run)
     if source == str(run.teacher_dir) and num_labels is not None:
         saved = json.loads((run.teacher_dir / "config.json").read_text())
         trained = len(saved.get("id2label") or {}) or saved.get("num_labels")
@@ -283,7 +297,7 @@ def finetune_teacher(run: RunConfig, progress: bool = True) -> dict[str, Any]:
         finetune_classifier(model, train, epochs=int(ft["epochs"]), lr=float(ft["lr"]), batch_size=int(ft["batch_size"]),
                             seed=run.distill.seed, pad_id=pad, progress=progress, task=run.task,
                             max_steps=ft["max_steps"])
-    scores = _evaluate(run, model, encoded["eval"], pad)
+    scores = evaluate_model_on(run, model, encoded["eval"], pad)
     target = run.teacher_dir
     target.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(target), safe_serialization=True)
@@ -294,20 +308,26 @@ def finetune_teacher(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     return report
 
 
-def _evaluate(run: RunConfig, model, data, pad: int) -> dict[str, float]:
-    from .evaluate import evaluate_lm
-    from .finetune import evaluate_model
+def evaluate_model_on(run: RunConfig, model, data, pad: int | dict[str, int], side: str = "teacher") -> dict[str, float]:
+    """Scores of ``model`` on encoded ``data`` as the run's task measures them (accuracy, macro
+    F1/precision/recall, loss, examples/s and tokens/s; or perplexity and tokens/s), reading the
+    ``side`` ("teacher" or "student") inputs of split-tokenizer data."""
+    from .distiller import _real_tokens
+    from .evaluate import evaluate_classifier, evaluate_lm
     from .forward import model_inputs
 
-    if run.task != "causal_lm":
-        return evaluate_model(model, data, pad_id=pad)
-    loader = data_mod.loader(data, run.distill.eval_batch_size, data_mod.make_collator(pad), shuffle=False)
+    size = run.distill.eval_batch_size
+    loader = data_mod.loader(data, size, data_mod.make_collator(pad), shuffle=False)
     device = next(model.parameters()).device
     was = model.training
     model.eval()
     try:
         batches = ({k: v.to(device) for k, v in b.items()} for b in loader)
-        return evaluate_lm(lambda b: model(**model_inputs(b, "teacher")).logits, batches, run.distill.lm_chunk_size)
+        forward = lambda b: model(**model_inputs(b, side)).logits  # noqa: E731
+        if run.task == "causal_lm":
+            return evaluate_lm(forward, batches, run.distill.lm_chunk_size)
+        return evaluate_classifier(forward, batches, getattr(model.config, "num_labels", None),
+                                   count_tokens=lambda b: _real_tokens(model_inputs(b, side)))
     finally:
         model.train(was)
 
@@ -360,4 +380,5 @@ def distill(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     return result
 
 
-__all__ = ["RunConfig", "apply_overrides", "build_student", "distill", "encode_splits", "finetune_teacher", "load_data", "load_teacher"]
+__all__ = ["RunConfig", "apply_overrides", "build_student", "distill", "encode_splits", "evaluate_model_on", "finetune_teacher",
+           "load_data", "load_teacher", "teacher_source"]

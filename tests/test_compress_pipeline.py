@@ -1,0 +1,121 @@
+"""The compression pipeline end to end: Python API and `metakd compress`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from metakd.compress import load_compressed
+from metakd.compress.config import CompressConfig
+from metakd.compress.pipeline import compress, stage_table
+from metakd.config import ConfigError
+from metakd.run import RunConfig
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    """A tiny random BERT classifier with the bundled tokenizer (4 heads, so there is something
+    to prune structurally)."""
+    from transformers import AutoTokenizer
+
+    from metakd.models import embedded_teacher_path, tiny_classifier
+
+    target = tmp_path_factory.mktemp("teacher")
+    tokenizer = AutoTokenizer.from_pretrained(str(embedded_teacher_path()))
+    model = tiny_classifier("bert", vocab_size=tokenizer.vocab_size, hidden_size=32, num_layers=2, num_heads=4,
+                            num_labels=2, max_positions=64, seed=0)
+    model.save_pretrained(str(target), safe_serialization=True)
+    tokenizer.save_pretrained(str(target))
+    return target
+
+
+def _run(teacher_dir, out, **compress) -> RunConfig:
+    return RunConfig.from_dict(dict(
+        teacher=str(teacher_dir), student="first:2", data="embedded", n_train=64, n_eval=32, output=str(out),
+        distill=dict(meta_update="lora", max_steps=2, batch_size=8, max_length=16, progress=False, eval_batch_size=16),
+        compress=compress))
+
+
+def test_magnitude_recovery_minmax_pipeline(teacher_dir, tmp_path):
+    run = _run(teacher_dir, tmp_path / "out", prune="magnitude", sparsity=0.5, recovery_steps=2, quantize="minmax",
+               bits=4)
+    report = compress(run, progress=False)
+    stages = {r["stage"]: r for r in report["stages"]}
+    assert list(stages) == ["distilled", "pruned", "recovered", "quantized"]
+    assert stages["pruned"]["linear_sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert stages["recovered"]["linear_sparsity"] >= 0.5  # recovery did not revive pruned weights
+    assert stages["recovered"]["recovery_steps"] == 2
+    sizes = [stages[s]["bytes_on_disk"] for s in ("distilled", "pruned", "quantized")]
+    assert sizes[0] > sizes[1] > sizes[2]
+    for row in stages.values():
+        assert 0 <= row["eval"]["accuracy"] <= 1 and row["eval"]["tokens_per_second"] > 0
+    # the saved final model evaluates to the numbers the pipeline measured
+    assert report["reloaded"]["max_abs_difference"] < 1e-6
+    assert (tmp_path / "out" / "distilled" / "student" / "config.json").is_file()  # distilled first
+    assert json.loads((tmp_path / "out" / "compression.json").read_text())["stages"][-1]["stage"] == "quantized"
+    columns, rows = stage_table(report)
+    assert len(rows) == 4 and "accuracy" in columns
+
+
+def test_structured_int8_pipeline_reuses_the_distilled_student(teacher_dir, tmp_path):
+    out = tmp_path / "out"
+    run = _run(teacher_dir, out, prune="structured", heads=0.5, neurons=0.5, quantize="dynamic_int8")
+    first = compress(run, progress=False)
+    student = out / "distilled" / "student" / "model.safetensors"
+    stamp = student.stat().st_mtime_ns
+    stages = {r["stage"]: r for r in first["stages"]}
+    assert stages["pruned"]["params"] < stages["distilled"]["params"]
+    after = stages["pruned"]["prune"]["after"]
+    assert all(b["heads"] == 2 and b["neurons"] == 32 for b in after.values())
+    assert first["reloaded"]["max_abs_difference"] < 1e-6
+    model = load_compressed(stages["quantized"]["saved"])
+    assert model.metakd_compression["method"] == "dynamic_int8"
+    compress(run, progress=False)  # a second run compresses the saved student again
+    assert student.stat().st_mtime_ns == stamp
+
+
+def test_bad_compress_sections_fail_before_any_work(teacher_dir, tmp_path):
+    with pytest.raises(ConfigError, match="nothing to do"):
+        compress(_run(teacher_dir, tmp_path / "a"), progress=False)
+    with pytest.raises(ConfigError, match="recovery"):
+        compress(_run(teacher_dir, tmp_path / "b", recovery_steps=3, quantize="minmax"), progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(ConfigError, match="did you mean 'sparsity'"):
+        CompressConfig.from_dict({"sparsty": 0.5})
+    with pytest.raises(ConfigError, match="compress settings go under 'compress:'"):
+        RunConfig.from_dict({"sparsity": 0.5})
+    for bad, match in [({"bits": 1}, "bits"), ({"bits": 4.0}, "bits"), ({"granularity": "row"}, "granularity"),
+                       ({"prune": "structured"}, "removes nothing"), ({"heads": 1.0}, "heads"),
+                       ({"recovery_steps": -1}, "recovery_steps")]:
+        with pytest.raises(ConfigError, match=match):
+            CompressConfig.from_dict(bad)
+
+
+@pytest.mark.slow
+def test_compress_command_end_to_end(teacher_dir, tmp_path):
+    run = tmp_path / "run.yaml"
+    run.write_text(f"""
+teacher: {teacher_dir}
+student: "first:2"
+data: embedded
+n_train: 64
+n_eval: 32
+output: {tmp_path / "out"}
+distill: {{meta_update: none, max_steps: 2, batch_size: 8, max_length: 16, progress: false}}
+compress: {{prune: magnitude, sparsity: 0.3, quantize: minmax, bits: 8}}
+""")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "metakd", "compress", str(run), "--no-progress",
+                           "--set", "compress.granularity=tensor"], capture_output=True, text=True, env=env,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| distilled |" in done.stdout and "| quantized |" in done.stdout and "reloaded quantized" in done.stdout
+    report = json.loads((tmp_path / "out" / "compression.json").read_text())
+    assert report["compress"]["granularity"] == "tensor"
+    bad = subprocess.run([sys.executable, "-m", "metakd", "compress", str(run), "--set", "compress.bits=12"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 2 and "compress.bits must be" in bad.stderr and "Traceback" not in bad.stderr
