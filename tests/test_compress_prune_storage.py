@@ -221,3 +221,27 @@ def test_apply_plan_is_what_loading_uses():
     fresh.load_state_dict(model.state_dict())
     batch = make_batch(6, length=8)
     assert torch.equal(_logits(fresh, batch), _logits(model, batch))
+
+
+def test_quantized_embeddings_round_trip_and_shrink(tmp_path):
+    batch = make_batch(7, length=8)
+    plain, with_emb = _model(), _model()
+    codes = quantize_weights(plain, 4)
+    _, size = _round_trip(plain, tmp_path / "plain", batch, method="minmax", codes=codes)
+    codes_emb = quantize_weights(with_emb, 4, embeddings=True)
+    assert "bert.embeddings.word_embeddings.weight" in codes_emb and len(codes_emb) > len(codes)
+    assert len(torch.unique(with_emb.bert.embeddings.word_embeddings.weight[0])) <= 16
+    _, size_emb = _round_trip(with_emb, tmp_path / "emb", batch, method="minmax", codes=codes_emb)
+    assert size_emb < size - 64 * 32 * 3  # 64 x 32 word embeddings at 4 instead of 32 bits
+
+
+def test_quantized_tied_embedding_moves_the_head_with_it(tmp_path):
+    model = tiny_causal_lm("gpt2", hidden_size=32, num_heads=4).eval()
+    model.tie_weights()
+    codes = quantize_weights(model, 4, embeddings=True)
+    assert "transformer.wte.weight" in codes and "lm_head.weight" not in codes
+    assert torch.equal(model.lm_head.weight, model.transformer.wte.weight)
+    loaded = load_compressed(save_compressed(model, tmp_path / "lm", method="minmax", codes=codes))
+    ids = torch.randint(1, 64, (2, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, model(input_ids=ids).logits)

@@ -11,4 +11,5 @@ BENCHMARKS = {
     "student-lora-vs-full": "metakd.bench.student_lora_vs_full",
     "kd-vs-meta": "metakd.bench.kd_vs_meta",
     "scaling": "metakd.bench.scaling",
+    "compression": "metakd.bench.compression",
 }

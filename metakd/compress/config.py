@@ -46,6 +46,9 @@ class CompressConfig:
     """minmax: bits per weight, 2..8."""
     granularity: str = "channel"
     """minmax: one range per output channel ("channel") or per tensor ("tensor")."""
+    quantize_embeddings: bool = False
+    """minmax: quantize the embedding tables too (per row); in a small student they can hold most
+    of the parameters."""
     bnb_quant_type: str = "nf4"
     """bnb4: "nf4" or "fp4"."""
 
@@ -69,6 +72,8 @@ class CompressConfig:
         if self.prune == "structured" and not (self.heads or self.neurons):
             raise ConfigError("compress.prune='structured' removes nothing: set compress.heads and/or compress.neurons "
                               "(fractions in [0, 1))")
+        if not isinstance(self.quantize_embeddings, bool):
+            raise ConfigError(f"compress.quantize_embeddings must be true or false, got {self.quantize_embeddings!r}")
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
             raise ConfigError(f"compress.bits must be an integer from 2 to 8, got {self.bits!r}")
         if isinstance(self.importance_batches, bool) or not isinstance(self.importance_batches, int) \

@@ -196,7 +196,6 @@ def prepare(run, progress: bool = True) -> Prepared:
 
     from ..run import _num_labels, distill, encode_splits, load_data, teacher_source
 
-    check(run)
     student_dir = Path(run.output) / "distilled" / "student"
     if not (student_dir / "config.json").is_file():
         _log(f"no distilled student in {student_dir}: distilling first (as `metakd distill` does)")
@@ -253,11 +252,12 @@ def compress_student(prep: Prepared, student: nn.Module, stages: _Stages, cc=Non
 
     final = student
     if cc.quantize == "minmax":
-        codes = quantize_weights(student, cc.bits, cc.granularity)
+        codes = quantize_weights(student, cc.bits, cc.granularity, embeddings=cc.quantize_embeddings)
         if masks:
             apply_masks(student, masks)  # a pruned weight stays zero (the saved mask keeps it so)
         stages.record("quantized", student, {"method": "minmax", "codes": codes, "plan": plan},
-                      {"quantize": {"method": "minmax", "bits": cc.bits, "granularity": cc.granularity}})
+                      {"quantize": {"method": "minmax", "bits": cc.bits, "granularity": cc.granularity,
+                                   "embeddings": cc.quantize_embeddings}})
     elif cc.quantize == "dynamic_int8":
         final = dynamic_int8(student.cpu())
         stages.record("quantized", final, {"method": "dynamic_int8", "plan": plan},
@@ -282,6 +282,7 @@ def compress_student(prep: Prepared, student: nn.Module, stages: _Stages, cc=Non
 def compress(run, progress: bool = True) -> dict[str, Any]:
     """Run the compression pipeline of ``run.compress`` on the run's distilled student; returns
     (and writes to ``OUTPUT/compression.json``) one row per stage and the reload check."""
+    check(run)
     prep = prepare(run, progress)
     stages = prep.stages(Path(run.output) / "compressed")
     stages.record("distilled", prep.student, {"method": "none"})

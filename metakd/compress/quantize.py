@@ -185,15 +185,21 @@ def quantizable_weights(model: nn.Module) -> list[tuple[str, nn.Module, int]]:
     return found
 
 
-def quantize_weights(model: nn.Module, bits: int, granularity: str = "channel") -> dict[str, QuantizedTensor]:
+def quantize_weights(model: nn.Module, bits: int, granularity: str = "channel",
+                     embeddings: bool = False) -> dict[str, QuantizedTensor]:
     """Fake-quantize ``model`` in place: each quantizable weight becomes its min-max ``bits``-bit
-    dequantized value (per output channel or per tensor). Returns the codes by parameter name
-    (``"<module>.weight"``); a weight shared by several modules is quantized once, under its first name."""
+    dequantized value (per output channel or per tensor). With ``embeddings`` the embedding tables
+    are quantized too (per row, i.e. per token, for "channel"; a tied output head follows its
+    embedding). Returns the codes by parameter name (``"<module>.weight"``); a weight shared by
+    several modules is quantized once, under its first name."""
     bits, granularity = check_bits(bits), check_granularity(granularity)
+    targets = quantizable_weights(model)
+    if embeddings:
+        targets += [(n, m, 0) for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
     out: dict[str, QuantizedTensor] = {}
     seen: set[int] = set()
     with torch.no_grad():
-        for name, module, axis in quantizable_weights(model):
+        for name, module, axis in targets:
             weight = module.weight
             if id(weight) in seen:
                 continue
