@@ -78,12 +78,26 @@ def test_structured_int8_pipeline_reuses_the_distilled_student(teacher_dir, tmp_
     assert student.stat().st_mtime_ns == stamp
 
 
+def test_bitsandbytes_pipeline(teacher_dir, tmp_path):
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is the 'quant' extra")
+    run = _run(teacher_dir, tmp_path / "out", prune="magnitude", sparsity=0.5, quantize="bnb4")
+    report = compress(run, progress=False)
+    stages = {r["stage"]: r for r in report["stages"]}
+    assert stages["quantized"]["params"] == stages["distilled"]["params"]
+    assert stages["quantized"]["nonzero_params"] is None  # hidden in the packed codes
+    assert stages["quantized"]["bytes_on_disk"] < stages["distilled"]["bytes_on_disk"]
+    assert report["reloaded"]["max_abs_difference"] < 1e-6
+    assert "n/a" in stage_table(report)[1][-1]
+
+
 def test_bad_compress_sections_fail_before_any_work(teacher_dir, tmp_path):
     with pytest.raises(ConfigError, match="nothing to do"):
         compress(_run(teacher_dir, tmp_path / "a"), progress=False)
     with pytest.raises(ConfigError, match="recovery"):
         compress(_run(teacher_dir, tmp_path / "b", recovery_steps=3, quantize="minmax"), progress=False)
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(ConfigError, match="bitsandbytes"):
+        compress(_run(teacher_dir, tmp_path / "c", prune="structured", heads=0.5, quantize="bnb8"), progress=False)
+    assert not any((tmp_path / d).exists() for d in "abc")
     with pytest.raises(ConfigError, match="did you mean 'sparsity'"):
         CompressConfig.from_dict({"sparsty": 0.5})
     with pytest.raises(ConfigError, match="compress settings go under 'compress:'"):

@@ -245,3 +245,20 @@ def test_quantized_tied_embedding_moves_the_head_with_it(tmp_path):
     ids = torch.randint(1, 64, (2, 7), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_bitsandbytes_round_trip(tmp_path, bits):
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is the 'quant' extra")
+    from metakd.compress.pipeline import _parameter_count
+    from metakd.compress.quantize import bnb_quantize
+
+    model = _model()
+    q = bnb_quantize(model, bits, device="cpu")
+    assert _parameter_count(q) == sum(p.numel() for p in model.parameters())
+    batch = make_batch(8, length=8)
+    loaded = load_compressed(save_compressed(q, tmp_path / "bnb", method=f"bnb{bits}"))
+    assert loaded.metakd_compression["method"] == f"bnb{bits}"
+    assert torch.allclose(_logits(loaded, batch), _logits(q, batch), atol=1e-6)
+    with pytest.raises(ModelError, match="structurally pruned"):
+        save_compressed(q, tmp_path / "bad", method=f"bnb{bits}", plan={0: {"heads": [0]}})

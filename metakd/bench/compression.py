@@ -108,7 +108,8 @@ def _table(base: dict[str, Any], rows: list[dict[str, Any]], lm: bool) -> str:
         e = r["eval"]
         q = ([f"{e['perplexity']:.2f}"] if lm else
              [f"{e['accuracy']:.4f}", f"{e['f1']:.4f}", f"{e['accuracy'] - base['eval']['accuracy']:+.4f}"])
-        return [label, f"{r['params']:,}", f"{r['nonzero_params']:,}", fmt_bytes(r["bytes_on_disk"]), f"{ratio:.3f}x",
+        nonzero = f"{r['nonzero_params']:,}" if r["nonzero_params"] is not None else "n/a"
+        return [label, f"{r['params']:,}", nonzero, fmt_bytes(r["bytes_on_disk"]), f"{ratio:.3f}x",
                 *q, f"{e['tokens_per_second']:,.0f}", reload]
 
     body = [line("distilled (fp32)", base, 1.0, "")]

@@ -69,9 +69,15 @@ def _pad_ids(teacher_tokenizer, student: nn.Module) -> dict[str, int]:
     return {"teacher": int(pad or 0), "student": int(s_pad if s_pad is not None else (pad or 0))}
 
 
+def _numel(p: torch.Tensor) -> int:
+    """Elements of a parameter; a bitsandbytes 4-bit one counts the weights it packs."""
+    shape = getattr(getattr(p, "quant_state", None), "shape", None)
+    return int(torch.Size(shape).numel()) if shape is not None else p.numel()
+
+
 def _parameter_count(model: nn.Module) -> int:
-    """Parameters including the weights held inside dynamic-int8 Linear layers."""
-    n = sum(p.numel() for p in model.parameters())
+    """Parameters including the weights packed by dynamic-int8 and bitsandbytes layers."""
+    n = sum(_numel(p) for p in model.parameters())
     for m in model.modules():
         packed = getattr(m, "_packed_params", None)
         if packed is not None and hasattr(m, "weight") and callable(m.weight):
@@ -79,7 +85,12 @@ def _parameter_count(model: nn.Module) -> int:
     return n
 
 
-def _nonzero(model: nn.Module) -> int:
+def _nonzero(model: nn.Module) -> int | None:
+    """Non-zero parameters (None for bitsandbytes models, whose packed codes hide them)."""
+    from ..quantization import is_quantized
+
+    if is_quantized(model):
+        return None
     n = sum(int(torch.count_nonzero(p)) for p in model.parameters())
     for m in model.modules():
         if getattr(m, "_packed_params", None) is not None and callable(getattr(m, "weight", None)):
@@ -307,6 +318,7 @@ def stage_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     for r in rows:
         e = r["eval"]
         q = [f"{e['perplexity']:.2f}"] if lm else [f"{e['accuracy']:.4f}", f"{e['f1']:.4f}"]
-        out.append([r["stage"], f"{r['params']:,}", f"{r['nonzero_params']:,}", fmt_bytes(r["bytes_on_disk"]),
+        nonzero = f"{r['nonzero_params']:,}" if r["nonzero_params"] is not None else "n/a"
+        out.append([r["stage"], f"{r['params']:,}", nonzero, fmt_bytes(r["bytes_on_disk"]),
                     f"{r['bytes_on_disk'] / base:.3f}x", *q, f"{e.get('tokens_per_second', float('nan')):,.0f}"])
     return [*STAGE_COLUMNS, *quality, speed], out
