@@ -133,3 +133,28 @@ compress: {{prune: magnitude, sparsity: 0.3, quantize: minmax, bits: 8}}
     bad = subprocess.run([sys.executable, "-m", "metakd", "compress", str(run), "--set", "compress.bits=12"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 2 and "compress.bits must be" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_causal_lm_pipeline_reports_perplexity_and_generation_speed(tmp_path):
+    from metakd.run import finetune_teacher
+
+    words = ("the film was good", "a bad plot", "what a fine hotel", "the soup was cold", "never again")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(" ".join(words[(i + j) % len(words)] for j in range(6)) + "." for i in range(60)))
+    run = RunConfig.from_dict(dict(
+        task="causal_lm", teacher="new:gpt2", student="layers:0,1", data=str(corpus), n_eval=4, generation_tokens=4,
+        teacher_config=dict(tokenizer_vocab=300, n_layer=2, n_embd=32, n_head=4, n_positions=64),
+        finetune=dict(epochs=1, lr=1e-3, batch_size=4, max_steps=4), output=str(tmp_path / "out"),
+        distill=dict(meta_update="none", max_steps=2, batch_size=4, max_length=32, progress=False),
+        compress=dict(prune="structured", heads=0.5, neurons=0.25, recovery_steps=2, quantize="dynamic_int8")))
+    finetune_teacher(run, progress=False)
+    report = compress(run, progress=False)
+    stages = {r["stage"]: r for r in report["stages"]}
+    assert list(stages) == ["distilled", "pruned", "recovered", "quantized"]
+    for row in stages.values():
+        assert row["eval"]["perplexity"] > 1 and row["generation"]["generation_tokens_per_second"] > 0
+    assert stages["pruned"]["params"] < stages["distilled"]["params"]
+    assert report["reloaded"]["max_abs_difference"] < 1e-6
+    columns, _ = stage_table(report)
+    assert "perplexity" in columns
