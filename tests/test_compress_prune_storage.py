@@ -131,7 +131,7 @@ def test_minmax_round_trip_and_size(tmp_path, bits, granularity):
     model = _model()
     codes = quantize_weights(model, bits, granularity)
     loaded, size = _round_trip(model, tmp_path / "q", batch, method="minmax", codes=codes)
-    linear = sum(w.numel() for w in prunable_weights(model).values())
+    linear = sum(q.codes.numel() for q in codes.values())  # every Linear weight, head included
     packed = sum(-(-q.codes.numel() * bits // 8) for q in codes.values())
     ranges = sum(8 * q.low.numel() for q in codes.values())
     assert packed <= linear * bits / 8 + len(codes)
@@ -262,3 +262,13 @@ def test_bitsandbytes_round_trip(tmp_path, bits):
     assert torch.allclose(_logits(loaded, batch), _logits(q, batch), atol=1e-6)
     with pytest.raises(ModelError, match="structurally pruned"):
         save_compressed(q, tmp_path / "bad", method=f"bnb{bits}", plan={0: {"heads": [0]}})
+
+
+def test_pruning_covers_the_blocks_not_the_pooler_or_head():
+    model = _model()
+    names = set(prunable_weights(model))
+    assert names and all(n.startswith("bert.encoder.layer.") for n in names)
+    magnitude_prune(model, 0.9)
+    assert bool((model.classifier.weight != 0).all()) and bool((model.bert.pooler.dense.weight != 0).all())
+    lm = tiny_causal_lm("llama", hidden_size=32, num_heads=4)
+    assert all(n.startswith("model.layers.") for n in prunable_weights(lm))

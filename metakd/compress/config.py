@@ -21,10 +21,10 @@ class CompressConfig:
     """distill → prune → (recovery distillation) → quantize → evaluate, every stage saved and scored."""
 
     prune: str = "none"
-    """"magnitude": unstructured, zero the smallest |w| of the Linear weights (made permanent);
+    """"magnitude": unstructured, zero the smallest |w| of the blocks' Linear weights (made permanent);
     "structured": remove whole attention heads and FFN neurons (the model really shrinks)."""
     sparsity: float = 0.5
-    """magnitude: fraction of the Linear weights set to zero."""
+    """magnitude: fraction of the blocks' Linear weights set to zero."""
     prune_scope: str = "global"
     """magnitude: one threshold over all weights ("global") or the same fraction in every weight ("layer")."""
     heads: float = 0.0

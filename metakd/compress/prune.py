@@ -9,16 +9,28 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models import ModelError
+from ..models import ModelError, find_layer_list
 from .quantize import quantizable_weights
 
 SCOPES = ("global", "layer")
+HEADS = ("classifier", "score", "lm_head", "pooler", "head")
 
 
 def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
-    """``{parameter name: weight}`` of the Linear (and GPT-2 Conv1D) layers that pruning and
-    quantization act on; embeddings, norms, biases and tied output heads are left out."""
-    return {f"{name}.weight" if name else "weight": module.weight for name, module, _ in quantizable_weights(model)}
+    """``{parameter name: weight}`` of the Linear (and GPT-2 Conv1D) layers inside the transformer
+    blocks. Embeddings, norms, biases, the pooler and the output head are left out: they are a
+    small part of the weights, and their magnitudes are on another scale (a global ranking would
+    strip BERT's pooler first, for instance)."""
+    try:
+        blocks, _ = find_layer_list(model)
+    except ModelError:
+        blocks = None
+    out = {}
+    for name, module, _ in quantizable_weights(model):
+        inside = name.startswith(f"{blocks}.") if blocks else not any(h in name.split(".") for h in HEADS)
+        if inside:
+            out[f"{name}.weight"] = module.weight
+    return out
 
 
 def _smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -33,7 +45,8 @@ def _smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 @torch.no_grad()
 def magnitude_prune(model: nn.Module, sparsity: float, scope: str = "global") -> dict[str, torch.Tensor]:
-    """Zero the fraction ``sparsity`` of the prunable weights with the smallest magnitude, in place.
+    """Zero the fraction ``sparsity`` of the prunable weights (``prunable_weights``: the blocks'
+    Linear layers) with the smallest magnitude, in place.
 
     ``scope="global"``: one ranking over all of them (layers that matter less lose more);
     ``"layer"``: the same fraction in every weight. Returns ``{parameter name: keep mask}``
