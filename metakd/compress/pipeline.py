@@ -175,7 +175,8 @@ def _recover(run, cc, student: nn.Module, train, masks: dict | None, num_labels:
     from .prune import keep_pruned
 
     cfg = run.distill.replace(meta_update="none", student_lora=False, feature_layers=None, max_steps=cc.recovery_steps,
-                              epochs=cc.recovery_steps, eval_every=None,  # max_steps decides: one epoch has >= 1 step progress=progress and run.distill.progress,
+                              # max_steps decides when to stop: every epoch has at least one step
+                              epochs=cc.recovery_steps, eval_every=None, progress=progress and run.distill.progress,
                               student_lr=cc.recovery_lr or run.distill.student_lr)
     teacher = _recovery_teacher(run, num_labels)
     d = MetaDistiller(teacher, student, cfg)
