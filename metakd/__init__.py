@@ -5,8 +5,8 @@ backpropagated through that step into the teacher's LoRA adapters (or every weig
 """
 
 from .config import ConfigError, DistillConfig
-from .distiller import MetaDistiller
+from .distiller import MetaDistiller, NumericalError
 
 __version__ = "0.1.0"
 
-__all__ = ["ConfigError", "DistillConfig", "MetaDistiller", "__version__"]
+__all__ = ["ConfigError", "DistillConfig", "MetaDistiller", "NumericalError", "__version__"]

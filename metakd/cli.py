@@ -11,9 +11,10 @@ from . import __version__
 from .bench import BENCHMARKS
 from .config import ConfigError
 from .data import DataError
+from .distiller import NumericalError
 from .models import ModelError
 
-USER_ERRORS = (ConfigError, DataError, ModelError)
+USER_ERRORS = (ConfigError, DataError, ModelError, NumericalError)
 
 
 def _run_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -35,8 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="metakd", description="Learning-to-teach knowledge distillation.")
     parser.add_argument("--version", action="version", version=f"metakd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    _run_parser(sub, "distill", "distil the teacher into the student as a run file says; saves the student, the "
-                                "teacher's adapters and metrics.json under the output directory")
+    distill_parser = _run_parser(sub, "distill", "distil the teacher into the student as a run file says; saves the "
+                                                 "student, the teacher's adapters and metrics.json under the output "
+                                                 "directory, and checkpoints in OUTPUT/checkpoint")
+    distill_parser.add_argument("--resume", action="store_true",
+                                help="continue from the checkpoint in OUTPUT/checkpoint (a killed or stopped run)")
     _run_parser(sub, "finetune-teacher", "fine-tune the run's teacher on its task (or train a new:ARCH teacher from "
                                          "scratch) and save it in OUTPUT/teacher, where distill picks it up")
     _run_parser(sub, "compress", "prune, recovery-distil and quantize the distilled student as the run file's "
@@ -74,7 +78,19 @@ def _run_command(args: argparse.Namespace) -> int:
         report = finetune_teacher(run, progress=not args.no_progress)
         print(f"teacher saved to {report['saved']}: {_summary(report['eval'], ('accuracy', 'f1', 'perplexity'))}")
         return 0
-    result = distill(run, progress=not args.no_progress)
+    from .checkpoint import TrainingInterrupted
+
+    try:
+        result = distill(run, progress=not args.no_progress, resume=args.resume)
+    except TrainingInterrupted as stop:
+        print(f"metakd: {stop}; continue with: metakd distill {args.config} --resume"
+              + "".join(f" --set {o}" for o in args.overrides) + (f" --output {args.output}" if args.output else ""),
+              file=sys.stderr)
+        return stop.exit_code
+    from .distributed import env_rank
+
+    if env_rank() != 0:  # multi-process runs: the main process reports
+        return 0
     keys = ("perplexity", "loss") if run.task == "causal_lm" else ("accuracy", "f1", "precision", "recall")
     print(f"student ({run.distill.meta_update} meta-update, {result['steps']} steps): {_summary(result['student'], keys)}")
     print(f"teacher before -> after: {_summary(result['teacher_before'], keys[:1])} -> "

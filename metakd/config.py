@@ -89,6 +89,10 @@ class DistillConfig:
     """Weight decay of both optimizers (AdamW's decoupled decay; SGD's L2 term)."""
     teacher_grad_clip: float | None = 1.0
     """Clip the teacher's meta-gradient to this global norm; None disables clipping."""
+    max_bad_steps: int = 10
+    """Consecutive steps with a non-finite (NaN/inf) loss or gradient after which the run stops
+    with metakd.distiller.NumericalError; each such step is skipped (never applied), counted and
+    logged."""
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
@@ -124,6 +128,9 @@ class DistillConfig:
     """Evaluate on eval_data every k steps during fit (None: only at the end)."""
     max_length: int = 128
     seed: int = 0
+    checkpoint_every: int | None = None
+    """Write a checkpoint every k steps (``fit(checkpoint_dir=...)``; run files: OUTPUT/checkpoint).
+    One is written at the end and on SIGTERM/SIGINT too; None: only those."""
     progress: bool = True
     """Show tqdm progress bars."""
 
@@ -168,10 +175,11 @@ class DistillConfig:
             raise ConfigError(f"quiz_fraction must be in (0, 1), got {self.quiz_fraction!r}")
         if self.teacher_grad_clip is not None:
             _positive("teacher_grad_clip", self.teacher_grad_clip)
+        _positive_int("max_bad_steps", self.max_bad_steps)
         for name in ("unroll_steps", "meta_every", "batch_size", "eval_batch_size", "epochs",
                      "lora_r", "lora_alpha", "student_lora_r", "student_lora_alpha", "max_length"):
             _positive_int(name, getattr(self, name))
-        for name in ("max_steps", "quiz_batch_size", "eval_every"):
+        for name in ("max_steps", "quiz_batch_size", "eval_every", "checkpoint_every"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from . import data as data_mod
 from .config import DistillConfig
+from .distributed import Dist
 from .evaluate import evaluate_classifier, evaluate_lm
 from .forward import Outputs, blocks_path, checkpointed_blocks, model_inputs, run
 from .metagrad import MetaProblem, MetaResult, meta_gradient
@@ -79,6 +80,32 @@ def _hidden_width(model: nn.Module) -> int | None:
     return getattr(getattr(model, "config", None), "hidden_size", None)
 
 
+class NumericalError(RuntimeError):
+    """``max_bad_steps`` steps in a row had a NaN/inf loss or gradient (each was skipped, never
+    applied); the message names the quantity and the likely causes with the run's settings."""
+
+
+def _finite(value: float | torch.Tensor | Sequence[torch.Tensor | None]) -> bool:
+    """Whether a loss (a float) or every tensor of a list of gradients is free of NaN and inf
+    (one host sync for the list)."""
+    if isinstance(value, (int, float)):
+        return math.isfinite(value)
+    tensors = [value] if isinstance(value, torch.Tensor) else [t for t in value if t is not None]
+    if not tensors:
+        return True
+    device = tensors[0].device
+    return bool(torch.stack([torch.isfinite(t).all().to(device) for t in tensors]).all())
+
+
+def _non_finite(quantities: Sequence[tuple[str, Any]]) -> tuple[str, ...]:
+    """The names of the (name, value) pairs whose value holds a NaN or inf, in order."""
+    return tuple(name for name, value in quantities if not _finite(value))
+
+
+def _join(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
 class MetaDistiller:
     """Distil ``teacher`` into ``student`` with a teacher that learns to teach.
 
@@ -93,13 +120,21 @@ class MetaDistiller:
     student_step); ``step`` then reports them as ``time_<phase>`` seconds, plus ``cpu_<phase>``
     CPU seconds, ``mem_<phase>`` peak bytes and ``energy_<phase>`` joules where the timer tracks
     them (``PhaseTimer(device, memory=True, energy=EnergyMeter())``).
+
+    ``dist`` (default ``Dist.from_env()``: one process unless launched by ``accelerate launch`` or
+    ``torchrun``) makes the run data-parallel: each ``step`` takes this process's slice of the
+    global batches and averages every gradient over the processes (``metakd.distributed``).
     """
 
     def __init__(self, teacher: nn.Module, student: nn.Module, config: DistillConfig | None = None,
-                 device: str | torch.device | None = None, timer: Any = None):
+                 device: str | torch.device | None = None, timer: Any = None, dist: Dist | None = None):
         self.config = cfg = config or DistillConfig()
         cfg.validate()
+        self.dist = dist if dist is not None else Dist.from_env()
+        self.dist.check_config(cfg)  # batch sizes divisible by the processes; no 'higher' across processes
         check_meta_update(teacher, cfg.meta_update)  # a quantized teacher: LoRA meta-update only
+        if device is None and self.dist.distributed:
+            device = self.dist.device  # one GPU per process (or the CPU)
         self.device = torch.device(device) if device is not None else next(student.parameters()).device
         self.vocab_size = None
         if cfg.task == "causal_lm":
@@ -188,9 +223,24 @@ class MetaDistiller:
                     return run(self.teacher, model_inputs(batch, "teacher"), self.teacher_blocks, layers)
             return run(self.teacher, model_inputs(batch, "teacher"), self.teacher_blocks, layers)
 
+    def _average_student_grads(self, loss: torch.Tensor) -> torch.Tensor:
+        """Data-parallel runs: replace the student's gradients (after ``loss.backward()`` on this
+        process's shard) and ``loss`` by their means over the processes, in one all-reduce. A
+        parameter no process has a gradient for keeps ``grad=None``, as in one process."""
+        if not self.dist.distributed:
+            return loss
+        params = self.student_params
+        has = torch.tensor([p.grad is not None for p in params], dtype=loss.dtype, device=loss.device)
+        loss_t, has, *grads = self.dist.all_reduce_mean(
+            [loss.detach(), has, *[p.grad if p.grad is not None else torch.zeros_like(p) for p in params]])
+        for p, g, used in zip(params, grads, has.tolist()):
+            p.grad = g if used else None
+        return loss_t
+
     def step(self, batch: Mapping[str, Any], quiz_batch: Mapping[str, Any] | None = None) -> dict[str, float]:
         """One training step: a meta-step (pilot, quiz, teacher update, student update) when the
         mode and ``meta_every`` call for one, else a plain KD step. Returns floats."""
+        batch, quiz_batch = self.dist.shard(batch), self.dist.shard(quiz_batch)  # this process's rows
         cfg = self.config
         is_meta = cfg.meta_update != "none" and self.steps_done % cfg.meta_every == 0
         if is_meta and quiz_batch is None:
@@ -203,6 +253,7 @@ class MetaDistiller:
             self.timer.reset()
         start = time.perf_counter()
         metrics: dict[str, float] = {"step": float(self.steps_done), "meta": float(is_meta)}
+        self._step_bad = ()  # what this step finds NaN/inf (_student_step, _meta_update)
         if is_meta:
             metrics.update(self._meta_update(batch, _to_device(quiz_batch, self.device)))
         else:
@@ -214,6 +265,7 @@ class MetaDistiller:
                 values = getattr(self.timer, read, dict)()  # a timer with only phase/totals/reset has none
                 metrics.update({f"{prefix}_{k}": float(v) for k, v in values.items() if v is not None})
         self.steps_done += 1
+        self._count_bad_step(metrics)  # sets metrics["skipped"]; too many bad steps in a row raise NumericalError
         return metrics
 
     def _student_step(self, batch: Mapping[str, Any]) -> float:
@@ -222,9 +274,16 @@ class MetaDistiller:
         with self.timer.phase("student_step"):
             loss = self.objective.inner(self._student(batch), t_out, batch)
             self.student_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.student_optimizer.step()
-        return float(loss.detach())
+            loss.backward()  # also for a NaN/inf loss: every step runs the same backward
+            loss = self._average_student_grads(loss)  # data-parallel: the global batch's gradient and loss
+            value = float(loss.detach())
+            bad = _non_finite([("student loss", value), ("student gradient", [p.grad for p in self.student_params])])
+            if bad:  # skip: never step on a NaN/inf loss or gradient
+                self._step_bad += bad
+                self.student_optimizer.zero_grad(set_to_none=True)
+            else:
+                self.student_optimizer.step()
+        return value
 
     def meta_gradient(self, batch: Mapping[str, Any], quiz_batch: Mapping[str, Any]) -> MetaResult:
         """The meta-gradient ``∇_φ L_quiz`` of this batch and quiz batch with the configured backend,
@@ -242,11 +301,18 @@ class MetaDistiller:
                 teacher_out=t_out, batch=batch, quiz_batch=quiz_batch, phi=self.phi,
                 pilot_lr=cfg.pilot_lr, unroll_steps=cfg.unroll_steps, pilot_optimizer=cfg.pilot_optimizer,
                 fd_epsilon=cfg.fd_epsilon, timer=self.timer,
+                reduce=self.dist.all_reduce_mean if self.dist.distributed else None,
             ))
 
     def _meta_update(self, batch: Mapping[str, Any], quiz_batch: Mapping[str, Any]) -> dict[str, float]:
         cfg = self.config
         result = self.meta_gradient(batch, quiz_batch)
+        bad = _non_finite([("inner loss", result.inner_loss), ("pilot gradient", result.pilot_grads),
+                           ("quiz loss", result.quiz_loss), ("meta-gradient", result.phi_grads)])
+        if bad:  # skip the whole step before anything is applied: neither the teacher nor the student moves
+            self._step_bad += bad
+            return {"inner_loss": result.inner_loss, "quiz_loss": result.quiz_loss, "teacher_grad_norm": math.nan,
+                    "student_loss": result.inner_loss}
         with self.timer.phase("teacher_step"):
             for p, g in zip(self.phi, result.phi_grads):
                 p.grad = g
@@ -268,6 +334,51 @@ class MetaDistiller:
                 self.student_optimizer.zero_grad(set_to_none=True)
             out["student_loss"] = result.inner_loss
         return out
+
+    # ------------------------------------------------------------------ numerical guards
+    skipped_steps: int = 0
+    """Steps skipped in all for a NaN/inf loss or gradient (``step`` reports ``skipped`` 1.0)."""
+    bad_in_a_row: int = 0
+    """Skipped steps in a row up to the last step (a good step resets it); at ``max_bad_steps`` the
+    run stops with NumericalError."""
+    _step_bad: tuple[str, ...] = ()   # what the current step found NaN/inf
+    _streak_bad: tuple[str, ...] = ()  # what the current run of bad steps found NaN/inf
+
+    def _count_bad_step(self, metrics: dict[str, float]) -> None:
+        """Count, log and mark (``metrics["skipped"]``) a step whose update was skipped for a NaN/inf
+        loss or gradient; raise NumericalError when ``max_bad_steps`` are bad in a row."""
+        bad, self._step_bad = self._step_bad, ()
+        metrics["skipped"] = float(bool(bad))
+        if not bad:
+            self.bad_in_a_row, self._streak_bad = 0, ()
+            return
+        cfg = self.config
+        self.skipped_steps += 1
+        self.bad_in_a_row += 1
+        self._streak_bad += tuple(b for b in bad if b not in self._streak_bad)
+        step = int(metrics["step"])
+        if not metrics["meta"]:
+            kept = "the student not updated"
+        elif bad[0] in ("student loss", "student gradient"):  # pilot="restore": the teacher stepped already
+            kept = "the student not updated (the teacher's meta-update was applied)"
+        else:
+            kept = "neither the teacher nor the student updated"
+        log.warning("step %d skipped: %s NaN/inf, %s (%d bad in a row, %d in all; the run stops at "
+                    "max_bad_steps=%d in a row)", step, _join(bad), kept, self.bad_in_a_row, self.skipped_steps,
+                    cfg.max_bad_steps)
+        if self.bad_in_a_row < cfg.max_bad_steps:
+            return
+        n, what = self.bad_in_a_row, self._streak_bad
+        causes = [f"student_lr {cfg.student_lr} too high ({cfg.student_optimizer})",
+                  f"temperature {cfg.temperature} too low (soft labels overflow)"]
+        if cfg.meta_update != "none":
+            causes += [f"teacher_lr {cfg.teacher_lr} too high",
+                       f"pilot_lr {cfg.pilot_lr} too large (the pilot step diverges; meta_update={cfg.meta_update!r})"]
+        raise NumericalError(
+            f"{_join(what)} {'was' if len(what) == 1 else 'were'} NaN/inf in {n} steps in a row "
+            f"(steps {step - n + 1}-{step}); likely causes: {', '.join(causes)}, or NaN/inf in the data or the "
+            f"teacher's outputs. Lower the learning rates or raise the temperature (each bad step was skipped; "
+            f"max_bad_steps={cfg.max_bad_steps} in a row stop the run)")
 
     # ------------------------------------------------------------------ training loop
     def _pad_ids(self) -> dict[str, int]:
@@ -294,12 +405,21 @@ class MetaDistiller:
             return data
         return data_mod.loader(data, batch_size, data_mod.make_collator(self._pad_ids()), shuffle, seed)
 
-    def fit(self, train_data: Any, quiz_data: Any = None, eval_data: Any = None) -> dict[str, list]:
+    def fit(self, train_data: Any, quiz_data: Any = None, eval_data: Any = None,
+            checkpoint_dir: str | Path | None = None, resume: bool = False) -> dict[str, list]:
         """Train for ``epochs`` (or ``max_steps``). Data sets are sequences of encoded examples
         (see ``metakd.data.encode``) or DataLoaders of collated batches. When ``quiz_data`` is
         None a quiz split of ``quiz_fraction`` is carved from ``train_data`` by seed, in every
         mode, so all modes train on the same examples. Returns ``{"train": [...], "eval": [...]}``.
+
+        With ``checkpoint_dir`` a checkpoint (``metakd.checkpoint``) is written there every
+        ``checkpoint_every`` steps, at the end, and when SIGTERM or SIGINT arrives (then
+        ``TrainingInterrupted`` is raised after the step in progress). ``resume=True`` continues
+        from the checkpoint there (from the start when there is none); on CPU the result is bit
+        for bit the one of an uninterrupted run.
         """
+        from . import checkpoint as ckpt
+
         cfg = self.config
         torch.manual_seed(cfg.seed)
         if not isinstance(train_data, DataLoader):
@@ -321,25 +441,56 @@ class MetaDistiller:
         if cfg.max_steps is not None:
             total = min(total, cfg.max_steps) if steps_per_epoch else cfg.max_steps
         history: dict[str, list] = {"train": [], "eval": []}
-        bar = tqdm(total=total, desc=f"distil ({cfg.meta_update})", disable=not cfg.progress, leave=False)
-        done = 0
-        for _epoch in range(max(cfg.epochs, math.ceil(total / max(steps_per_epoch, 1)))):
-            for batch in train_loader:
+        replay, rng = 0, None
+        if checkpoint_dir is not None and resume:
+            if ckpt.has_checkpoint(checkpoint_dir):
+                meta = ckpt.load_checkpoint(checkpoint_dir, self)
+                history, rng, replay = meta["history"], meta["rng"], int(meta["steps_done"])
+                log.warning("resuming from the checkpoint in %s at step %d of %d", checkpoint_dir, replay, total)
+            else:
+                log.warning("no checkpoint in %s: starting from the beginning", checkpoint_dir)
+        done = replay
+        bar = tqdm(total=total, initial=done, desc=f"distil ({cfg.meta_update})", disable=not cfg.progress, leave=False)
+        with ckpt.StopSignals(enabled=checkpoint_dir is not None) as stop:
+            for _epoch in range(max(cfg.epochs, math.ceil(total / max(steps_per_epoch, 1)))):
+                for batch in train_loader:
+                    if replay:  # the batches the checkpointed steps took: the seeded loaders are replayed
+                        replay -= 1
+                        if quiz_iter is not None:
+                            next(quiz_iter)
+                        if not replay:
+                            ckpt.restore_rng(rng)
+                        continue
+                    if done >= total:
+                        break
+                    metrics = self.step(batch, next(quiz_iter) if quiz_iter is not None else None)
+                    history["train"].append(metrics)
+                    done += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{metrics['student_loss']:.3f}")
+                    if eval_data is not None and cfg.eval_every and done % cfg.eval_every == 0 and done < total:
+                        history["eval"].append({"step": done, **self.evaluate(eval_data)})
+                    if checkpoint_dir is not None and (stop.signal or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
+                        self._checkpoint(checkpoint_dir, history)
+                    if stop.signal:
+                        bar.close()
+                        raise ckpt.TrainingInterrupted(stop.signal, done, checkpoint_dir)
                 if done >= total:
                     break
-                metrics = self.step(batch, next(quiz_iter) if quiz_iter is not None else None)
-                history["train"].append(metrics)
-                done += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{metrics['student_loss']:.3f}")
-                if eval_data is not None and cfg.eval_every and done % cfg.eval_every == 0 and done < total:
-                    history["eval"].append({"step": done, **self.evaluate(eval_data)})
-            if done >= total:
-                break
         bar.close()
+        if checkpoint_dir is not None and self.steps_done and not (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
+            self._checkpoint(checkpoint_dir, history)
         if eval_data is not None:
+            history["eval"] = [e for e in history["eval"] if e["step"] != done]  # a resumed run re-evaluates the end
             history["eval"].append({"step": done, **self.evaluate(eval_data)})
         return history
+
+    def _checkpoint(self, directory: str | Path, history: dict[str, list]) -> None:
+        from .checkpoint import save_checkpoint
+
+        dist = getattr(self, "dist", None)
+        if dist is None or dist.is_main:
+            save_checkpoint(directory, self, history)
 
     @staticmethod
     def _cycle(loader: Iterable) -> Iterator:
@@ -408,4 +559,4 @@ class MetaDistiller:
         return target
 
 
-__all__ = ["MetaDistiller", "make_optimizer"]
+__all__ = ["MetaDistiller", "NumericalError", "make_optimizer"]

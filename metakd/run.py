@@ -144,7 +144,10 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
 
 # ---------------------------------------------------------------------------- models
 def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    from .distributed import env_rank
+
+    if env_rank() == 0:  # multi-process runs: the main process speaks for all
+        print(message, file=sys.stderr, flush=True)
 
 
 def _teacher_source(run: RunConfig) -> str:
@@ -332,13 +335,22 @@ def evaluate_model_on(run: RunConfig, model, data, pad: int | dict[str, int], si
         model.train(was)
 
 
-def distill(run: RunConfig, progress: bool = True) -> dict[str, Any]:
+def distill(run: RunConfig, progress: bool = True, resume: bool = False) -> dict[str, Any]:
     """Distil as configured: returns (and writes to ``output/metrics.json``) the student's and the
-    teacher's scores, time, memory and energy; the result is saved in ``output/distilled``."""
+    teacher's scores, time, memory and energy; the result is saved in ``output/distilled``.
+    Checkpoints go to ``output/checkpoint`` (every ``distill.checkpoint_every`` steps, at the end
+    and on SIGTERM/SIGINT); ``resume`` continues from the one there.
+
+    Launched on several processes (``accelerate launch``/``torchrun``) the training is
+    data-parallel (``metakd.distributed``); every process trains and evaluates, only the main one
+    shows progress and writes files, and the others wait for it."""
     from .distiller import MetaDistiller
+    from .distributed import Dist
     from .evaluate import generation_speed
     from .telemetry import EnergyMeter, measure
 
+    dist = Dist.from_env()  # before any model loads: it picks this process's GPU
+    progress = progress and dist.is_main
     cfg = run.distill.replace(progress=progress and run.distill.progress)
     if run.teacher.startswith("new:") and not (run.teacher_dir / "config.json").is_file():
         raise ConfigError(f"teacher {run.teacher!r} is trained from scratch: run `metakd finetune-teacher` first "
@@ -349,16 +361,19 @@ def distill(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     if getattr(teacher, "metakd_new_head", False):
         _log(f"the teacher's classification head is untrained: fine-tuning it on the task first "
              f"(as `metakd finetune-teacher` does; saved to {run.teacher_dir} and reused)")
-        finetune_teacher(run, progress=progress)
+        if dist.is_main:  # one process fine-tunes and saves; the others load what it saved
+            finetune_teacher(run, progress=progress)
+        dist.barrier()
         teacher, tokenizer = load_teacher(run, num_labels)
     student, student_tokenizer = build_student(run, teacher, tokenizer, num_labels)
     encoded = encode_splits(run, splits, tokenizer, student_tokenizer)
     _log(f"{len(encoded['train'])} training and {len(encoded['eval'])} evaluation "
          f"{'blocks' if run.task == 'causal_lm' else 'examples'}; meta_update={cfg.meta_update}")
-    d = MetaDistiller(teacher, student, cfg)
+    d = MetaDistiller(teacher, student, cfg, dist=dist)
     teacher_before = d.evaluate(encoded["eval"], model="teacher")
     with measure(energy=EnergyMeter()) as m:
-        history = d.fit(encoded["train"], eval_data=encoded["eval"])
+        history = d.fit(encoded["train"], eval_data=encoded["eval"], checkpoint_dir=Path(run.output) / "checkpoint",
+                        resume=resume)
     result: dict[str, Any] = {
         "run": run.to_dict(), "student": history["eval"][-1], "teacher_before": teacher_before,
         # plain KD leaves the teacher as it was: no second evaluation
@@ -374,9 +389,12 @@ def distill(run: RunConfig, progress: bool = True) -> dict[str, Any]:
         result["teacher_generation"] = generation_speed(d.teacher, prompts, run.generation_tokens)
     if "label_names" in splits:
         result["label_names"] = splits["label_names"]
-    out = d.save(Path(run.output) / "distilled", tokenizer=tokenizer, student_tokenizer=student_tokenizer)
-    result["saved"] = str(out)
-    (Path(run.output) / "metrics.json").write_text(json.dumps({**result, "history": history}, indent=2, default=str))
+    result["saved"] = str(Path(run.output) / "distilled")
+    if dist.is_main:  # every process holds the same models: one writes them
+        d.save(result["saved"], tokenizer=tokenizer, student_tokenizer=student_tokenizer)
+        (Path(run.output) / "metrics.json").write_text(json.dumps({**result, "history": history}, indent=2,
+                                                                  default=str))
+    dist.barrier()
     return result
 
 

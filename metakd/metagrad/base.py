@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, ContextManager, Iterator, Mapping
+from typing import Any, Callable, ContextManager, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +45,10 @@ class MetaProblem:
     pilot_optimizer: str = "sgd"
     fd_epsilon: float = 1e-3            # finite_diff: step ε = fd_epsilon / ‖g‖ along g
     timer: Any = field(default_factory=NullTimer)  # anything with .phase(name) -> context manager
+    reduce: Callable[[list[Tensor]], list[Tensor]] | None = None
+    """Data-parallel runs: the mean over processes of a list of tensors (``Dist.all_reduce_mean``),
+    applied to the pilot gradient, the quiz gradient g and the meta-gradient (and their losses),
+    so each process's shard of the batches adds up to the global batch's result. None: one process."""
 
 
 @dataclass
@@ -53,6 +57,20 @@ class MetaResult:
     inner_loss: float                   # L_in at θ (the first pilot step)
     quiz_loss: float                    # L_quiz at θ'
     pilot_grads: list[Tensor]           # ∇_θ L_in(θ, z_T(φ)), detached: the real step of pilot="reuse"
+
+
+# ---------------------------------------------------------------------------- data parallel
+def reduced(problem: MetaProblem, tensors: list[Tensor]) -> list[Tensor]:
+    """``problem.reduce(tensors)`` (the mean over processes), or ``tensors`` in one process."""
+    return tensors if problem.reduce is None else list(problem.reduce(tensors))
+
+
+def reduced_with_loss(problem: MetaProblem, loss: Tensor, grads: list[Tensor]) -> tuple[float, list[Tensor]]:
+    """A loss and its gradients averaged over processes in one reduce; the loss as a float."""
+    if problem.reduce is None:
+        return float(loss.detach()), grads
+    loss_t, *grads = problem.reduce([loss.detach(), *grads])
+    return float(loss_t), grads
 
 
 # ---------------------------------------------------------------------------- teacher side
@@ -74,9 +92,9 @@ def teacher_backward(problem: MetaProblem, z_grads: list[Tensor | None]) -> list
         pairs = [(t, g) for t, g in zip(output_tensors(problem.teacher_out), z_grads)
                  if g is not None and t.requires_grad]
         if not pairs:
-            return [torch.zeros_like(p) for p in problem.phi]
+            return reduced(problem, [torch.zeros_like(p) for p in problem.phi])  # every process joins the reduce
         grads = torch.autograd.grad([t for t, _ in pairs], problem.phi, [g for _, g in pairs], allow_unused=True)
-        return [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, problem.phi)]
+        return reduced(problem, [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, problem.phi)])
 
 
 # ---------------------------------------------------------------------------- student side
@@ -130,7 +148,8 @@ def pilot_gradient(problem: MetaProblem, teacher: Outputs) -> tuple[float, list[
         inner = problem.objective.inner(problem.student(problem.batch), teacher, problem.batch)
         grads = torch.autograd.grad(inner, problem.params, allow_unused=True)
         grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, problem.params)]
-    return float(inner.detach()), grads, rng
+        inner_value, grads = reduced_with_loss(problem, inner, grads)
+    return inner_value, grads, rng
 
 
 def quiz_gradient(problem: MetaProblem, names: list[str], pilot_grads: list[Tensor]
@@ -145,7 +164,8 @@ def quiz_gradient(problem: MetaProblem, names: list[str], pilot_grads: list[Tens
                                       problem.quiz_batch)
         g = torch.autograd.grad(quiz, list(theta_prime.values()), allow_unused=True)
         g = [gi if gi is not None else torch.zeros_like(p) for gi, p in zip(g, problem.params)]
-    return float(quiz.detach()), g
+        quiz_value, g = reduced_with_loss(problem, quiz, g)
+    return quiz_value, g
 
 
 def student_outputs(problem: MetaProblem, params: Mapping[str, Tensor]) -> tuple[Tensor, dict[int, Tensor]]:
@@ -167,5 +187,6 @@ def loss_gradient_wrt_teacher(problem: MetaProblem, value: Tensor, teacher: Outp
 
 
 __all__ = ["MetaProblem", "MetaResult", "NullTimer", "RngReplay", "detached_outputs", "loss_gradient_wrt_teacher",
-           "output_tensors", "param_names", "pilot_gradient", "quiz_gradient", "require_one_sgd_step",
+           "output_tensors", "param_names", "pilot_gradient", "quiz_gradient", "reduced", "reduced_with_loss",
+           "require_one_sgd_step",
            "student_outputs", "teacher_backward"]

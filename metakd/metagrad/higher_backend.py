@@ -42,6 +42,10 @@ def higher_meta_gradient(problem: MetaProblem) -> MetaResult:
     The unrolled graph ends at the teacher's outputs (detached leaves); the teacher backward is a
     separate, ordinary backward, as in the other backends.
     """
+    if problem.reduce is not None:
+        raise ValueError("meta_grad='higher' cannot run data-parallel: it differentiates through the unrolled pilot "
+                         "step, which an all-reduce of the pilot gradient would cut; use meta_grad='jvp' or "
+                         "'finite_diff' over several processes")
     first: dict[str, object] = {}
     teacher = detached_outputs(problem.teacher_out)
 
