@@ -470,11 +470,12 @@ class MetaDistiller:
                     bar.set_postfix(loss=f"{metrics['student_loss']:.3f}")
                     if eval_data is not None and cfg.eval_every and done % cfg.eval_every == 0 and done < total:
                         history["eval"].append({"step": done, **self.evaluate(eval_data)})
-                    if checkpoint_dir is not None and (stop.signal or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
+                    stopping = self._agreed_stop(stop.signal) if checkpoint_dir is not None else None
+                    if checkpoint_dir is not None and (stopping or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
                         self._checkpoint(checkpoint_dir, history)
-                    if stop.signal:
+                    if stopping:
                         bar.close()
-                        raise ckpt.TrainingInterrupted(stop.signal, done, checkpoint_dir)
+                        raise ckpt.TrainingInterrupted(stopping, done, checkpoint_dir)
                 if done >= total:
                     break
         bar.close()
@@ -485,12 +486,23 @@ class MetaDistiller:
             history["eval"].append({"step": done, **self.evaluate(eval_data)})
         return history
 
+    def _agreed_stop(self, signal_name: str | None) -> str | None:
+        """The stop signal, agreed by all processes: one that got a signal stops them all after the
+        same step (a process that stopped alone would leave the others waiting in an all-reduce)."""
+        dist = getattr(self, "dist", None)
+        if dist is None or not dist.distributed:
+            return signal_name
+        flag = dist.all_reduce_mean([torch.tensor([1.0 if signal_name else 0.0], device=dist.device)])[0]
+        return signal_name or ("SIGTERM" if float(flag) > 0 else None)
+
     def _checkpoint(self, directory: str | Path, history: dict[str, list]) -> None:
         from .checkpoint import save_checkpoint
 
         dist = getattr(self, "dist", None)
         if dist is None or dist.is_main:
             save_checkpoint(directory, self, history)
+        if dist is not None:
+            dist.barrier()  # nobody moves on (or exits) while the main process writes
 
     @staticmethod
     def _cycle(loader: Iterable) -> Iterator:
