@@ -123,7 +123,6 @@ def test_nan_quiz_loss_applies_nothing(mode, backend, pilot, caplog):
     assert metrics["meta"] == 1.0 and metrics["skipped"] == 1.0
     assert math.isnan(metrics["quiz_loss"]) and math.isnan(metrics["teacher_grad_norm"])
     assert math.isfinite(metrics["inner_loss"])
-    # finite_diff turns a non-finite quiz gradient into a zero meta-gradient; the quiz loss still counts
     assert "step 1 skipped: quiz loss" in caplog.text
     assert "NaN/inf, neither the teacher nor the student updated" in caplog.text
     assert (d.skipped_steps, d.bad_in_a_row) == (1, 1)
@@ -147,6 +146,25 @@ def test_nan_meta_gradient_alone_applies_nothing(mode, backend, pilot, monkeypat
     _assert_same(_state(d), before)
     assert metrics["skipped"] == 1.0 and math.isfinite(metrics["quiz_loss"])
     assert "step 1 skipped: meta-gradient NaN/inf" in caplog.text
+
+
+def test_finite_diff_reports_a_nan_quiz_gradient_as_a_nan_meta_gradient(monkeypatch):
+    from metakd.metagrad import finite_diff_backend
+
+    d = _distiller("lora", meta_grad="finite_diff", pilot="reuse")
+    real = finite_diff_backend.quiz_gradient
+
+    def nan_gradient(*args, **kwargs):
+        loss, g = real(*args, **kwargs)
+        return loss, [torch.full_like(x, NAN) for x in g]  # the loss stays finite
+
+    monkeypatch.setattr(finite_diff_backend, "quiz_gradient", nan_gradient)
+    result = d.meta_gradient(make_batch(0), make_batch(1))
+    assert math.isfinite(result.quiz_loss)
+    assert all(bool(torch.isnan(x).all()) for x in result.phi_grads)  # never a silent zero
+    before = _state(d)
+    assert d.step(make_batch(2), make_batch(3))["skipped"] == 1.0
+    _assert_same(_state(d), before)
 
 
 @pytest.mark.parametrize("backend", ["jvp", "higher"])

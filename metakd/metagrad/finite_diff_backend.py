@@ -42,4 +42,7 @@ def finite_diff_meta_gradient(problem: MetaProblem) -> MetaResult:
             diff = (problem.objective.inner(sides[0], teacher, problem.batch)
                     - problem.objective.inner(sides[1], teacher, problem.batch)) / (2 * eps)
             z_grads = loss_gradient_wrt_teacher(problem, diff, teacher)
-    return MetaResult(teacher_backward(problem, z_grads), inner, quiz, pilot_grads)
+    phi_grads = teacher_backward(problem, z_grads)
+    if not math.isfinite(norm):  # a NaN/inf quiz gradient: say so (the step guard skips the update), never zero
+        phi_grads = [torch.full_like(x, float("nan")) for x in phi_grads]
+    return MetaResult(phi_grads, inner, quiz, pilot_grads)
