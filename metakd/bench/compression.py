@@ -102,18 +102,19 @@ def _row(label: str, family: str, report: dict[str, Any], base: dict[str, Any], 
 
 def _table(base: dict[str, Any], rows: list[dict[str, Any]], lm: bool) -> str:
     quality = ["perplexity"] if lm else ["accuracy", "F1", "Δ accuracy"]
-    cols = ["variant", "params", "non-zero", "bytes on disk", "size", *quality, "tokens/s (eval)", "reload Δ"]
+    cols = ["#", "variant", "params", "non-zero", "bytes on disk", "size", *quality, "tokens/s (eval)", "reload Δ"]
 
-    def line(label: str, r: dict[str, Any], ratio: float, reload: str) -> list[str]:
+    def line(index: str, label: str, r: dict[str, Any], ratio: float, reload: str) -> list[str]:
         e = r["eval"]
         q = ([f"{e['perplexity']:.2f}"] if lm else
              [f"{e['accuracy']:.4f}", f"{e['f1']:.4f}", f"{e['accuracy'] - base['eval']['accuracy']:+.4f}"])
         nonzero = f"{r['nonzero_params']:,}" if r["nonzero_params"] is not None else "n/a"
-        return [label, f"{r['params']:,}", nonzero, fmt_bytes(r["bytes_on_disk"]), f"{ratio:.3f}x",
+        return [index, label, f"{r['params']:,}", nonzero, fmt_bytes(r["bytes_on_disk"]), f"{ratio:.3f}x",
                 *q, f"{e['tokens_per_second']:,.0f}", reload]
 
-    body = [line("distilled (fp32)", base, 1.0, "")]
-    body += [line(r["label"], r["final"], r["size_ratio"], f"{r['reloaded']['max_abs_difference']:.1g}") for r in rows]
+    body = [line("0", "distilled (fp32)", base, 1.0, "")]
+    body += [line(str(i), r["label"], r["final"], r["size_ratio"], f"{r['reloaded']['max_abs_difference']:.1g}")
+             for i, r in enumerate(rows, 1)]
     return markdown_table(cols, body)
 
 
@@ -133,13 +134,13 @@ def _plot(path: Path, base: dict[str, Any], rows: list[dict[str, Any]], lm: bool
         if chosen:
             ax.scatter([r["final"]["bytes_on_disk"] / 2**20 for r in chosen], [r["final"]["eval"][key] for r in chosen],
                        color=color, label=family, zorder=2)
-    for r in rows:
-        ax.annotate(r["label"], (r["final"]["bytes_on_disk"] / 2**20, r["final"]["eval"][key]), fontsize=7,
-                    xytext=(4, 3), textcoords="offset points")
+    for i, r in enumerate(rows, 1):  # numbers, not labels: the variants crowd near full size (see the table)
+        ax.annotate(str(i), (r["final"]["bytes_on_disk"] / 2**20, r["final"]["eval"][key]), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("bytes on disk (MiB, log scale; tokenizer excluded)")
     ax.set_ylabel(f"held-out {key}")
-    ax.set_title("Compressing the distilled student: quality vs size")
+    ax.set_title("Compressing the distilled student: quality vs size (numbers: rows of compression.md)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
