@@ -24,6 +24,7 @@ def _run_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
                    help="override a setting, e.g. --set distill.meta_update=full --set n_train=2000 (repeatable)")
     p.add_argument("--output", help="output directory (overrides the file's 'output')")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--debug", action="store_true", help="on a bad input, show the full traceback instead of one line")
     return p
 
 
@@ -56,14 +57,17 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(BENCHMARKS[argv[1]])
         return _guard(lambda: module.main(argv[2:]))
     args = parser.parse_args(argv)
-    return _guard(lambda: _run_command(args))
+    return _guard(lambda: _run_command(args), debug=args.debug)
 
 
-def _guard(fn) -> int:
+def _guard(fn, debug: bool = False) -> int:
     try:
         return fn()
     except USER_ERRORS as exc:
-        print(f"metakd: error: {exc}", file=sys.stderr)
+        if debug:
+            raise
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"metakd: error: {message}", file=sys.stderr)  # one line, no traceback (--debug shows it)
         return 2
 
 

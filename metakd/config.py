@@ -136,11 +136,18 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         if self.feature_layers is not None:
-            self.feature_layers = {int(k): int(v) for k, v in dict(self.feature_layers).items()}
-        if self.lora_target_modules is not None:
-            self.lora_target_modules = list(self.lora_target_modules)
-        if self.student_lora_target_modules is not None:
-            self.student_lora_target_modules = list(self.student_lora_target_modules)
+            try:
+                self.feature_layers = {int(k): int(v) for k, v in dict(self.feature_layers).items()}
+            except (TypeError, ValueError):
+                raise ConfigError("feature_layers must map student layers to teacher layers, e.g. {1: 2, 2: 4}; "
+                                  f"got {self.feature_layers!r}") from None
+        for name in ("lora_target_modules", "student_lora_target_modules"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = [value]  # one module name, not its letters
+            if value is not None and not (isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)):
+                raise ConfigError(f"{name} must be a list of module names or null, got {value!r}")
+            setattr(self, name, None if value is None else list(value))
         self.validate()
 
     # ------------------------------------------------------------------ validation
@@ -221,7 +228,10 @@ class DistillConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "DistillConfig":
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:  # one line: the CLI prints no traceback
+            raise ConfigError(f"cannot read config {path}: {' '.join(str(exc).split())}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
         # A file may hold the distillation settings at top level or under a 'distill' key.

@@ -33,29 +33,91 @@ def embedded_teacher_path() -> Path:
     return path
 
 
+# ---------------------------------------------------------------------------- sources, checked before loading
+def check_model_source(source: str | Path, role: str = "model") -> None:
+    """Fail fast, with a ModelError that says what to do, unless ``source`` is a saved model
+    directory (with a config.json) or a hub id that is in the local hub cache or on a reachable hub.
+    One request at most: loading an unreachable hub id would retry for about a minute first."""
+    from .data.hub import hub_status, is_hub_id
+
+    name = str(source)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
+            raise ModelError(f"{role} directory {name!r} holds no config.json, so it is not a saved model "
+                             "(save_pretrained writes config.json beside the weights)")
+        return
+    if path.exists():
+        raise ModelError(f"{role} {name!r} is a file; name the directory that holds its config.json and weights")
+    if not is_hub_id(name):
+        looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+        raise ModelError(f"{role} model {name!r}: no such directory"
+                         + ("" if looks_like_path else " (and not shaped like a Hugging Face hub id, ORG/NAME)"))
+    status, why = hub_status(name, "model")
+    if status == "missing":
+        raise ModelError(f"{role} model {name!r} is neither a local directory nor a model on the Hugging Face hub "
+                         "(check the spelling; a private model needs `hf auth login`)")
+    if status in ("offline", "unreachable"):
+        raise ModelError(f"{role} model {name!r} is neither a local directory nor reachable on the Hugging Face hub "
+                         f"(offline? it is not in the local hub cache either; {why})")
+
+
+def model_config(source: str | Path, role: str = "model"):
+    """The ``transformers`` config of a saved model (reads config.json only; no weights)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(source))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot read the config of {role} model {str(source)!r}: {_first_line(exc)}") from exc
+
+
+def load_tokenizer(source: str | Path, role: str = "model"):
+    """``AutoTokenizer`` of a saved model; a tokenizer without a pad token pads with its
+    end-of-text token (GPT-2, Llama)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source))
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise ModelError(f"cannot load the tokenizer of {role} model {str(source)!r} (a model directory needs its "
+                         f"tokenizer files beside it: save it with tokenizer.save_pretrained): "
+                         f"{_first_line(exc)}") from exc
+    if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
 def load_classifier(path_or_id: str | Path, num_labels: int, dtype: torch.dtype = torch.float32):
     """An ``AutoModelForSequenceClassification`` and its tokenizer from a local directory or hub id.
 
     A model without a classification head (like the embedded sentence encoder) gets a fresh one,
     and ``model.metakd_new_head`` says so (True: the head is untrained and needs fine-tuning).
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
+    check_model_source(path_or_id)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected here
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
             str(path_or_id), num_labels=num_labels, dtype=dtype, output_loading_info=True
         )
-    except OSError as exc:
-        raise ModelError(f"cannot load model {str(path_or_id)!r}: {exc}") from exc
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load model {str(path_or_id)!r}: {_first_line(exc)}") from exc
+    except RuntimeError as exc:  # a trained head of another size (transformers: ignore_mismatched_sizes)
+        raise ModelError(f"cannot load model {str(path_or_id)!r} as a classifier with {num_labels} labels: its "
+                         f"weights do not fit ({_first_line(exc)}); is it a classifier for another label set?") from exc
     finally:
         hf_logging.set_verbosity(verbosity)
     model.metakd_new_head = any(part in HEAD_NAMES for k in info.get("missing_keys") or () for part in k.split("."))
-    tokenizer = AutoTokenizer.from_pretrained(str(path_or_id))
-    if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token  # decoder-only models (GPT-2, Llama) have no pad token
+    tokenizer = load_tokenizer(path_or_id)  # decoder-only models (GPT-2, Llama) pad with end-of-text
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return model, tokenizer
@@ -105,13 +167,14 @@ def tiny_classifier(
 def load_causal_lm(path_or_id: str | Path, dtype: torch.dtype = torch.float32):
     """An ``AutoModelForCausalLM`` and its tokenizer from a local directory or hub id. A tokenizer
     without a pad token pads with its end-of-text token (GPT-2, Llama)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
+    check_model_source(path_or_id)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path_or_id), dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(str(path_or_id))
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load causal LM {str(path_or_id)!r}: {exc}") from exc
+        raise ModelError(f"cannot load causal LM {str(path_or_id)!r}: {_first_line(exc)}") from exc
+    tokenizer = load_tokenizer(path_or_id)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None:

@@ -22,6 +22,7 @@ import yaml
 from . import data as data_mod
 from .compress.config import CompressConfig
 from .config import TASKS, ConfigError, DistillConfig, _yaml_number
+from .models import ModelError
 
 FINETUNE_KEYS = {"epochs": 1, "lr": 5e-5, "batch_size": 32, "n_train": None, "max_steps": None}
 
@@ -63,12 +64,40 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ConfigError(f"task must be one of {', '.join(map(repr, TASKS))}; got {self.task!r}")
+        for name in ("teacher", "student", "data", "output"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
         if self.distill.task != self.task:
             self.distill = self.distill.replace(task=self.task)
-        unknown = set(self.finetune) - set(FINETUNE_KEYS)
-        if unknown:
-            raise ConfigError(f"unknown finetune key(s) {sorted(unknown)}; known: {sorted(FINETUNE_KEYS)}")
+        for name in ("finetune", "teacher_config"):
+            if getattr(self, name) is None:  # an empty 'finetune:' line
+                setattr(self, name, {})
+            if not isinstance(getattr(self, name), dict):
+                raise ConfigError(f"'{name}' must be a mapping (key: value), got {getattr(self, name)!r}")
+        for key in self.finetune:
+            if key not in FINETUNE_KEYS:
+                hint = difflib.get_close_matches(str(key), list(FINETUNE_KEYS), n=1)
+                raise ConfigError(f"unknown finetune key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                                  + f" (known: {', '.join(FINETUNE_KEYS)})")
         self.finetune = {k: _yaml_number(self.finetune.get(k, v)) for k, v in FINETUNE_KEYS.items()}
+        for key in ("epochs", "batch_size", "n_train", "max_steps"):
+            value = self.finetune[key]
+            if isinstance(value, float) and value.is_integer():
+                value = self.finetune[key] = int(value)
+            optional = key in ("n_train", "max_steps")
+            if not (value is None and optional) and not (
+                    isinstance(value, int) and not isinstance(value, bool) and value > 0):
+                raise ConfigError(f"finetune.{key} must be a positive integer{' or null' if optional else ''}, "
+                                  f"got {value!r}")
+        lr = self.finetune["lr"]
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+            raise ConfigError(f"finetune.lr must be a positive number, got {lr!r}")
+        if isinstance(self.generation_tokens, bool) or not isinstance(self.generation_tokens, int) \
+                or self.generation_tokens < 1:
+            raise ConfigError(f"generation_tokens must be a positive integer, got {self.generation_tokens!r}")
+        if self.teacher_quant_type not in ("nf4", "fp4"):
+            raise ConfigError(f"teacher_quant_type must be 'nf4' or 'fp4', got {self.teacher_quant_type!r}")
         for name in ("n_train", "n_eval"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -106,11 +135,20 @@ class RunConfig:
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "RunConfig":
         """Read a run file; ``overrides`` are ``key=value`` strings (``distill.meta_update=full``)."""
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"run config {path} is a directory; name a YAML run file (see configs/)")
         if not path.is_file():
             raise ConfigError(f"run config not found: {path}")
-        values = yaml.safe_load(path.read_text()) or {}
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start}); a run file is "
+                              "YAML text") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}{_yaml_problem(exc)}") from None
         if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping of run config keys")
+            raise ConfigError(f"{path}: expected a mapping of run config keys (key: value lines), found "
+                              f"{'a list' if isinstance(values, list) else repr(values)}")
         return cls.from_dict(apply_overrides(values, overrides or []))
 
     def to_dict(self) -> dict[str, Any]:
@@ -138,8 +176,21 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
             target = target.setdefault(part, {})
             if not isinstance(target, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a mapping")
-        target[leaf] = yaml.safe_load(raw)
+        try:
+            target[leaf] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value{_yaml_problem(exc, where=False)}; quote it "
+                              f"(--set '{key}=\"...\"') if it is a string") from None
     return values
+
+
+def _yaml_problem(exc: yaml.YAMLError, where: bool = True) -> str:
+    """``, line L, column C: invalid YAML (problem)`` for a YAML parse error, on one line."""
+    mark = getattr(exc, "problem_mark", None)
+    at = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None and where else ""
+    problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+    context = getattr(exc, "context", None)
+    return f"{at}: invalid YAML ({problem}{f' {context}' if context else ''})"
 
 
 # ---------------------------------------------------------------------------- models
@@ -164,28 +215,138 @@ def teacher_source(run: RunConfig) -> str:
     return str(run.teacher_dir) if (run.teacher_dir / "config.json").is_file() else _teacher_source(run)
 
 
+NEW_ARCHS = ("gpt2", "llama")  # the architectures metakd.scratch.new_causal_lm builds
+
+
+def _derived_student(spec: str) -> bool:
+    """Whether the ``student`` spec derives the student from the teacher (else it names a model)."""
+    return spec == "alternate" or spec.partition(":")[0] in ("layers", "first", "last", "random")
+
+
+def _student_layers(spec: str) -> list[int]:
+    try:
+        return [int(x) for x in spec.partition(":")[2].split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"student {spec!r}: layers:I,J,... takes block indices") from None
+
+
+def _student_changes(spec: str) -> dict[str, Any]:
+    changes = {}
+    for item in filter(None, (x.strip() for x in spec.partition(":")[2].split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"student {spec!r}: random: takes key=value pairs")
+        try:
+            changes[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"student {spec!r}: the value of {key!r}{_yaml_problem(exc, where=False)}") from None
+    return changes
+
+
+def check_run(run: RunConfig, teacher: str | None = None, student: bool = True) -> None:
+    """The checks that need neither the data nor any weights, run before anything is loaded or
+    trained so that a bad run fails in seconds with one clear error: the teacher (``teacher``,
+    default ``teacher_source(run)``) and, with ``student``, a named student exist (a saved model
+    directory, or a hub id in the local hub cache or on a reachable hub); a student derived from
+    the teacher fits its blocks and config; for causal_lm a named student's tokenizer shares the
+    teacher's vocabulary."""
+    from .models import check_model_source, load_tokenizer, model_config, select_layers
+
+    source = teacher or teacher_source(run)
+    config = None
+    if source.startswith("new:"):
+        arch = source.partition(":")[2]
+        if arch not in NEW_ARCHS:
+            raise ConfigError(f"teacher {source!r}: new:ARCH trains a causal LM from scratch; ARCH is one of "
+                              f"{', '.join(NEW_ARCHS)}")
+        if run.task != "causal_lm":
+            raise ConfigError("new:ARCH teachers are causal LMs; set task: causal_lm")
+        from transformers import GPT2Config, LlamaConfig
+
+        blank = (GPT2Config if arch == "gpt2" else LlamaConfig)()
+        unknown = sorted(k for k in run.teacher_config if k != "tokenizer_vocab" and not hasattr(blank, k))
+        if unknown:
+            raise ConfigError(f"teacher_config: {type(blank).__name__} has no field(s) {unknown}")
+    else:
+        check_model_source(source, "teacher")
+        config = model_config(source, "teacher")
+    _check_max_length(run, config, "teacher")
+    if not student:
+        return
+    spec = run.student
+    if not _derived_student(spec):
+        check_model_source(spec, "student")
+        _check_max_length(run, model_config(spec, "student"), "student")
+        if run.task == "causal_lm" and config is not None:
+            from .vocab import check_tokenizers
+
+            check_tokenizers(load_tokenizer(source, "teacher"), load_tokenizer(spec, "student"),
+                             truncate=run.distill.truncate_vocab)
+        return
+    if run.teacher_bits and not spec.startswith("random:"):
+        raise ConfigError(f"student {spec!r} copies blocks of the teacher, which teacher_bits loads quantized; "
+                          "name a student model (hub id or directory), use random:..., or drop teacher_bits")
+    blocks = getattr(config, "num_hidden_layers", None) if config is not None else None
+    kind = spec.partition(":")[0]
+    if kind == "layers":
+        layers = _student_layers(spec)
+        if blocks and (not layers or any(not 0 <= i < blocks for i in layers)):
+            raise ModelError(f"student {spec!r}: block indices must lie in 0..{blocks - 1} (the teacher has "
+                             f"{blocks} blocks)")
+    elif kind == "random":
+        changes = _student_changes(spec)
+        unknown = [k for k in changes if config is not None and not hasattr(config, k)]
+        if unknown:
+            raise ModelError(f"student {spec!r}: {type(config).__name__} has no field(s) {unknown}")
+    elif blocks:
+        select_layers(blocks, spec)
+
+
+def _check_max_length(run: RunConfig, config: Any, role: str) -> None:
+    """distill.max_length must fit a learned position table (BERT, GPT-2; rotary models have none)."""
+    limit = getattr(config, "max_position_embeddings", None) if config is not None else None
+    rotary = any(getattr(config, k, None) is not None for k in ("rope_theta", "rope_parameters", "rope_scaling"))
+    if isinstance(limit, int) and not rotary and run.distill.max_length > limit:
+        raise ConfigError(f"distill.max_length {run.distill.max_length} exceeds the {role}'s {limit} positions "
+                          f"(max_position_embeddings); set distill.max_length <= {limit}")
+
+
+def check_num_labels(run: RunConfig, source: str, num_labels: int | None, role: str = "teacher") -> None:
+    """A classifier whose trained head has another number of labels than the data cannot serve
+    this data: say so before loading it (``transformers`` would fail on the head's shape)."""
+    from .models import model_config
+
+    if run.task != "classification" or num_labels is None or source.startswith("new:"):
+        return
+    config = model_config(source, role)
+    if not any(str(a).endswith("ForSequenceClassification") for a in getattr(config, "architectures", None) or ()):
+        return  # no trained head: a fresh one is made for the data's labels
+    trained = config.num_labels
+    if trained == num_labels:
+        return
+    if source == str(run.teacher_dir):
+        raise data_mod.DataError(f"the fine-tuned teacher in {run.teacher_dir} has {trained} labels but the data "
+                                 f"{run.data!r} has {num_labels}; fine-tune it again on this data "
+                                 "(metakd finetune-teacher) or point 'output' elsewhere")
+    raise data_mod.DataError(f"the {role} {source!r} is a classifier trained for {trained} labels, but the data "
+                             f"{run.data!r} has {num_labels} (labels 0..{num_labels - 1}); use a {role} trained on "
+                             "this label set, or its base model (a new head is then trained)")
+
+
 def load_teacher(run: RunConfig, num_labels: int | None, source: str | None = None):
     """(teacher, tokenizer): the fine-tuned teacher in ``output/teacher`` when it exists, else the
     configured one; quantized when ``teacher_bits`` is set."""
-    from .models import load_causal_lm, load_classifier
+    from .models import load_causal_lm, load_classifier, load_tokenizer
 
     source = source or teacher_source(run)
-    if source == str(run.teacher_dir) and num_labels is not None:
-        saved = json.loads((run.teacher_dir / "config.json").read_text())
-        trained = len(saved.get("id2label") or {}) or saved.get("num_labels")
-        if trained and trained != num_labels:
-            raise data_mod.DataError(f"the fine-tuned teacher in {run.teacher_dir} has {trained} labels but the data "
-                                     f"{run.data!r} has {num_labels}; fine-tune it again on this data "
-                                     "(metakd finetune-teacher) or point 'output' elsewhere")
     if source.startswith("new:"):
         raise ConfigError(f"teacher {run.teacher!r} is trained from scratch: run `metakd finetune-teacher` first")
+    check_num_labels(run, source, num_labels, "teacher")
     if run.teacher_bits:
-        from transformers import AutoTokenizer
-
         from .quantization import load_quantized
 
         model = load_quantized(source, run.teacher_bits, run.teacher_quant_type, kind=run.task, num_labels=num_labels)
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = load_tokenizer(source, "teacher")
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         return model, tokenizer
@@ -199,23 +360,13 @@ def build_student(run: RunConfig, teacher, teacher_tokenizer, num_labels: int | 
     from .models import load_causal_lm, load_classifier, random_student, student_from_teacher
 
     spec = run.student
-    kind, _, rest = spec.partition(":")
+    kind = spec.partition(":")[0]
     if kind == "layers":
-        try:
-            layers = [int(x) for x in rest.split(",") if x.strip()]
-        except ValueError:
-            raise ConfigError(f"student {spec!r}: layers:I,J,... takes block indices") from None
-        return student_from_teacher(teacher, layers), None
+        return student_from_teacher(teacher, _student_layers(spec)), None
     if spec == "alternate" or kind in ("first", "last"):
         return student_from_teacher(teacher, spec), None
     if kind == "random":
-        changes = {}
-        for item in filter(None, (x.strip() for x in rest.split(","))):
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ConfigError(f"student {spec!r}: random: takes key=value pairs")
-            changes[key] = yaml.safe_load(value)
-        return random_student(teacher, seed=run.distill.seed, **changes), None
+        return random_student(teacher, seed=run.distill.seed, **_student_changes(spec)), None
     model, tokenizer = (load_causal_lm(spec) if run.task == "causal_lm" else load_classifier(spec, num_labels))
     if run.task == "causal_lm":
         from .vocab import check_tokenizers
@@ -260,7 +411,11 @@ def _num_labels(run: RunConfig, splits: dict[str, Any]) -> int | None:
     if run.task == "causal_lm":
         return None
     names = splits.get("label_names")
-    return len(names) if names else max(y for _, y in splits["train"]) + 1
+    n = len(names) if names else max(y for _, y in splits["train"]) + 1
+    if n < 2:
+        raise data_mod.DataError(f"the data {run.data!r} has a single class ({', '.join(map(str, names or [0]))}); "
+                                 "classification needs at least two labels")
+    return n
 
 
 # ---------------------------------------------------------------------------- the two commands
@@ -274,13 +429,15 @@ def finetune_teacher(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     ft = run.finetune
     if ft["n_train"] is not None:  # the teacher may see more (or fewer) training examples than the student
         run = dataclasses.replace(run, n_train=int(ft["n_train"]))
+    if run.teacher_bits:
+        raise ConfigError("fine-tune the teacher unquantized (drop teacher_bits for finetune-teacher); "
+                          "distill then loads the saved teacher quantized")
+    check_run(run, teacher=_teacher_source(run), student=False)
     splits = load_data(run)
     num_labels = _num_labels(run, splits)
     if run.teacher.startswith("new:"):
         from .scratch import new_causal_lm, train_bpe_tokenizer
 
-        if run.task != "causal_lm":
-            raise ConfigError("new:ARCH teachers are causal LMs; set task: causal_lm")
         sizes = dict(run.teacher_config)
         vocab = int(sizes.pop("tokenizer_vocab", 4096))
         _log(f"training a {vocab}-entry BPE tokenizer on {len(splits['train'])} documents")
@@ -288,9 +445,6 @@ def finetune_teacher(run: RunConfig, progress: bool = True) -> dict[str, Any]:
         model = new_causal_lm(run.teacher.partition(":")[2], tokenizer, seed=run.distill.seed, **sizes)
     else:
         model, tokenizer = load_teacher(run, num_labels, source=_teacher_source(run))
-    if run.teacher_bits:
-        raise ConfigError("fine-tune the teacher unquantized (drop teacher_bits for finetune-teacher); "
-                          "distill then loads the saved teacher quantized")
     encoded = encode_splits(run, splits, tokenizer)
     train = encoded["train"]
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
@@ -352,11 +506,16 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False) -> dict
     dist = Dist.from_env()  # before any model loads: it picks this process's GPU
     progress = progress and dist.is_main
     cfg = run.distill.replace(progress=progress and run.distill.progress)
+    check_run(run)
     if run.teacher.startswith("new:") and not (run.teacher_dir / "config.json").is_file():
         raise ConfigError(f"teacher {run.teacher!r} is trained from scratch: run `metakd finetune-teacher` first "
                           f"(it saves to {run.teacher_dir})")
     splits = load_data(run)
     num_labels = _num_labels(run, splits)
+    if run.task == "classification":  # the quiz split, checked before any model loads (LM blocks: after encoding)
+        data_mod.split_quiz(splits["train"], cfg.quiz_fraction, cfg.seed)
+    if not _derived_student(run.student):
+        check_num_labels(run, run.student, num_labels, "student")
     teacher, tokenizer = load_teacher(run, num_labels)
     if getattr(teacher, "metakd_new_head", False):
         _log(f"the teacher's classification head is untrained: fine-tuning it on the task first "
@@ -398,5 +557,5 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False) -> dict
     return result
 
 
-__all__ = ["RunConfig", "apply_overrides", "build_student", "distill", "encode_splits", "evaluate_model_on", "finetune_teacher",
+__all__ = ["RunConfig", "apply_overrides", "build_student", "check_num_labels", "check_run", "distill", "encode_splits", "evaluate_model_on", "finetune_teacher",
            "load_data", "load_teacher", "teacher_source"]

@@ -558,6 +558,8 @@ def fake_hub(monkeypatch):
 
     Hub.calls = []
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    # the quick reachability check before load_dataset would ask the real hub
+    monkeypatch.setattr("metakd.data.hub.hub_status", lambda *args, **kwargs: ("reachable", ""))
     return Hub
 
 

@@ -3,6 +3,7 @@ hub set (``HUB_TASKS`` or ``hub:NAME[:CONFIG]``)."""
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
@@ -96,9 +97,15 @@ def load_task(spec: str, n_train: int | None = None, n_eval: int | None = None, 
             if len(rows) - cut < 1:
                 raise DataError(f"{path}: {len(rows)} example(s) are too few to split into train and eval")
             mapped = {"train": [rows[i] for i in order[cut:]], "eval": [rows[i] for i in order[:cut]]}
+        elif path.suffix.lower() in CLASSIFICATION_SUFFIXES or spec.startswith((".", "/", "~")):
+            missing = f"; the directory {path.parent} does not exist either" if not path.parent.is_dir() else ""
+            raise DataError(f"data file not found: {spec} (no such file or directory{missing}; and it is "
+                            "not 'embedded', a known hub task or 'hub:NAME[:CONFIG]')")
         else:
+            hint = difflib.get_close_matches(spec, list(HUB_TASKS) + ["embedded"], n=1)
             raise DataError(f"data {spec!r} is not 'embedded', a known hub task ({', '.join(HUB_TASKS)}), "
-                            "'hub:NAME[:CONFIG]', or an existing file or directory")
+                            "'hub:NAME[:CONFIG]', or an existing file or directory"
+                            + (f"; did you mean {hint[0]!r}?" if hint else ""))
     return {"train": _subset(mapped["train"], n_train, seed), "eval": _subset(mapped["eval"], n_eval, seed + 1),
             "label_names": names}
 
