@@ -15,7 +15,7 @@ import torch
 from metakd import DistillConfig, MetaDistiller
 from metakd.checkpoint import CheckpointError, TrainingInterrupted, load_checkpoint, read_meta
 from metakd.models import tiny_classifier
-from tests.conftest import make_batch
+from tests.conftest import make_batch, save_tiny_teacher
 
 EXAMPLES = [{k: v[i] for k, v in make_batch(s, batch=4, length=9).items()} for s in range(12) for i in range(4)]
 
@@ -136,16 +136,8 @@ def test_corrupt_or_mismatched_checkpoints_are_refused(tmp_path):
 # ---------------------------------------------------------------------------- a real process, killed
 @pytest.fixture(scope="module")
 def run_file(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    from metakd.models import embedded_teacher_path
-
     root = tmp_path_factory.mktemp("ckpt-run")
-    tokenizer = AutoTokenizer.from_pretrained(str(embedded_teacher_path()))
-    teacher = tiny_classifier("bert", vocab_size=tokenizer.vocab_size, hidden_size=32, num_layers=2, num_heads=4,
-                              num_labels=2, max_positions=64, seed=0, dropout=0.1)
-    teacher.save_pretrained(str(root / "teacher"), safe_serialization=True)
-    tokenizer.save_pretrained(str(root / "teacher"))
+    save_tiny_teacher(root / "teacher", dropout=0.1)
 
     def write(name: str, steps: int) -> str:
         path = root / f"{name}.yaml"

@@ -14,23 +14,13 @@ from metakd.compress.config import CompressConfig
 from metakd.compress.pipeline import compress, stage_table
 from metakd.config import ConfigError
 from metakd.run import RunConfig
+from tests.conftest import save_tiny_teacher
 
 
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
-    """A tiny random BERT classifier with the bundled tokenizer (4 heads, so there is something
-    to prune structurally)."""
-    from transformers import AutoTokenizer
-
-    from metakd.models import embedded_teacher_path, tiny_classifier
-
-    target = tmp_path_factory.mktemp("teacher")
-    tokenizer = AutoTokenizer.from_pretrained(str(embedded_teacher_path()))
-    model = tiny_classifier("bert", vocab_size=tokenizer.vocab_size, hidden_size=32, num_layers=2, num_heads=4,
-                            num_labels=2, max_positions=64, seed=0)
-    model.save_pretrained(str(target), safe_serialization=True)
-    tokenizer.save_pretrained(str(target))
-    return target
+    """A tiny random BERT classifier (4 heads, so there is something to prune structurally)."""
+    return save_tiny_teacher(tmp_path_factory.mktemp("teacher"))
 
 
 def _run(teacher_dir, out, **compress) -> RunConfig:

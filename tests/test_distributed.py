@@ -22,7 +22,7 @@ from metakd import ConfigError, DistillConfig, MetaDistiller
 from metakd.distributed import Dist
 from metakd.models import tiny_classifier
 
-from .conftest import make_batch
+from .conftest import make_batch, save_tiny_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
@@ -210,17 +210,7 @@ def test_one_process_needs_no_process_group(monkeypatch):
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
     """A tiny random BERT classifier saved with the bundled tokenizer."""
-    from transformers import AutoTokenizer
-
-    from metakd.models import embedded_teacher_path
-
-    target = tmp_path_factory.mktemp("teacher")
-    tokenizer = AutoTokenizer.from_pretrained(str(embedded_teacher_path()))
-    model = tiny_classifier("bert", vocab_size=tokenizer.vocab_size, hidden_size=32, num_layers=2, num_heads=2,
-                            num_labels=2, max_positions=64, seed=0)
-    model.save_pretrained(str(target), safe_serialization=True)
-    tokenizer.save_pretrained(str(target))
-    return target
+    return save_tiny_teacher(tmp_path_factory.mktemp("teacher"), num_heads=2)
 
 
 @pytest.mark.slow
