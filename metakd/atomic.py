@@ -13,7 +13,9 @@ from typing import Iterator
 @contextlib.contextmanager
 def atomic_directory(target: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary directory beside ``target``; when the block ends without an error it
-    replaces ``target`` (renames, so readers never see a partial directory), else it is removed."""
+    replaces ``target`` (renames, so readers never see a partial directory), else it is removed.
+    Between the two renames the previous version is ``.NAME.old`` (``metakd.checkpoint`` falls back
+    to it after a kill in that instant)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -29,4 +31,7 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        old = target.with_name(f".{target.name}.old")
+        if not target.exists() and old.exists():  # interrupted between the two renames: put the old one back
+            old.rename(target)
         raise

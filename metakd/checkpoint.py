@@ -93,13 +93,15 @@ def _sha256(path: Path) -> str:
 
 def _rng_tensors() -> dict[str, torch.Tensor]:
     out = {"rng.cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        out.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["rng.cuda"] = torch.cuda.get_rng_state()  # this process's device (no context on the others)
     return out
 
 
-def save_checkpoint(directory: str | Path, distiller: Any, history: dict[str, list]) -> Path:
-    """Write the distiller's state after ``distiller.steps_done`` steps to ``directory``."""
+def save_checkpoint(directory: str | Path, distiller: Any, history: dict[str, list],
+                    data: dict[str, Any] | None = None) -> Path:
+    """Write the distiller's state after ``distiller.steps_done`` steps to ``directory``; ``data``
+    (``data_fingerprint``) lets a resume check that it trains on the same examples."""
     from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {}
@@ -116,7 +118,7 @@ def save_checkpoint(directory: str | Path, distiller: Any, history: dict[str, li
     meta = {"format": FORMAT, "version": VERSION, "steps_done": distiller.steps_done,
             "config": distiller.config.to_dict(), "optimizers": {"student": meta_s, "teacher": meta_t},
             "counters": {k: getattr(distiller, k) for k in ("skipped_steps", "bad_in_a_row") if hasattr(distiller, k)},
-            "history": history}
+            "history": history, "data": data}
     with atomic_directory(directory) as tmp:
         save_file(tensors, str(tmp / STATE_FILE), metadata={"format": FORMAT})
         meta["sha256"] = _sha256(tmp / STATE_FILE)
@@ -135,13 +137,35 @@ def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def located(directory: str | Path) -> Path:
+    """``directory``, or the previous checkpoint a kill between the two renames of an atomic write
+    left beside it (``.NAME.old``)."""
+    directory = Path(directory)
+    old = directory.with_name(f".{directory.name}.old")
+    return old if not (directory / META_FILE).is_file() and (old / META_FILE).is_file() else directory
+
+
+def data_fingerprint(dataset: Any) -> dict[str, Any] | None:
+    """Size and SHA-256 of an encoded data set's tensors (None for a DataLoader: not checked)."""
+    if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+        return None
+    digest = hashlib.sha256()
+    for i in range(len(dataset)):
+        item = dataset[i]
+        for key in sorted(item):
+            value = item[key]
+            digest.update(key.encode())
+            digest.update(value.numpy().tobytes() if isinstance(value, torch.Tensor) else repr(value).encode())
+    return {"examples": len(dataset), "sha256": digest.hexdigest()}
+
+
 def has_checkpoint(directory: str | Path) -> bool:
-    return (Path(directory) / META_FILE).is_file()
+    return (located(directory) / META_FILE).is_file()
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:
     """``checkpoint.json`` of ``directory``, checked for format, version and tensor-file integrity."""
-    directory = Path(directory)
+    directory = located(directory)
     path = directory / META_FILE
     if not path.is_file():
         raise CheckpointError(f"no checkpoint in {directory} (no {META_FILE})")
@@ -161,7 +185,7 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
 
 def check_config(saved: dict[str, Any], config: Any) -> None:
     """Refuse to resume with a config that would change the steps already taken."""
-    current = config.to_dict()
+    current = json.loads(json.dumps(config.to_dict(), default=float))  # as saved: JSON keys are strings
     differ = sorted(k for k in set(saved) | set(current)
                     if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
     if differ:
@@ -170,14 +194,19 @@ def check_config(saved: dict[str, Any], config: Any) -> None:
                               "the same config or start over in a new output directory")
 
 
-def load_checkpoint(directory: str | Path, distiller: Any) -> dict[str, Any]:
+def load_checkpoint(directory: str | Path, distiller: Any, data: dict[str, Any] | None = None) -> dict[str, Any]:
     """Restore ``distiller`` from ``directory`` (models, optimizers, counters; the RNG state is
     returned for the caller to set when it has replayed the data) and return the checkpoint's
     metadata, with ``"rng"`` holding the saved RNG tensors."""
     from safetensors.torch import load_file
 
+    directory = located(directory)
     meta = read_meta(directory)
     check_config(meta["config"], distiller.config)
+    if data is not None and meta.get("data") is not None and meta["data"] != data:
+        raise CheckpointError(f"the checkpoint in {directory} was trained on other data ({meta['data']['examples']} "
+                              f"examples, fingerprint {meta['data']['sha256'][:12]}) than this run "
+                              f"({data['examples']}, {data['sha256'][:12]}); resume with the same data settings")
     tensors = load_file(str(Path(directory) / STATE_FILE))
     student = {k.partition(".")[2]: v for k, v in tensors.items() if k.startswith("student.")}
     own = distiller.student_module.state_dict()
@@ -253,9 +282,8 @@ class StopSignals:
 
 def restore_rng(rng: dict[str, torch.Tensor]) -> None:
     torch.set_rng_state(rng["rng.cpu"])
-    cuda = [rng[k] for k in sorted(k for k in rng if k.startswith("rng.cuda."))]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
+    if "rng.cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["rng.cuda"])
 
 
 __all__ = ["CheckpointError", "StopSignals", "TrainingInterrupted", "has_checkpoint", "load_checkpoint", "restore_rng",

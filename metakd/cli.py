@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import shlex
 import sys
 
 from . import __version__
@@ -88,7 +89,8 @@ def _run_command(args: argparse.Namespace) -> int:
         result = distill(run, progress=not args.no_progress, resume=args.resume)
     except TrainingInterrupted as stop:
         print(f"metakd: {stop}; continue with: metakd distill {args.config} --resume"
-              + "".join(f" --set {o}" for o in args.overrides) + (f" --output {args.output}" if args.output else ""),
+              + "".join(f" --set {shlex.quote(o)}" for o in args.overrides)
+              + (f" --output {shlex.quote(args.output)}" if args.output else ""),
               file=sys.stderr)
         return stop.exit_code
     from .distributed import env_rank

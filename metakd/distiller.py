@@ -442,10 +442,12 @@ class MetaDistiller:
             total = min(total, cfg.max_steps) if steps_per_epoch else cfg.max_steps
         history: dict[str, list] = {"train": [], "eval": []}
         replay, rng = 0, None
+        self._data_fingerprint = ckpt.data_fingerprint(train_data) if checkpoint_dir is not None else None
         if checkpoint_dir is not None and resume:
             if ckpt.has_checkpoint(checkpoint_dir):
-                meta = ckpt.load_checkpoint(checkpoint_dir, self)
-                history, rng, replay = meta["history"], meta["rng"], int(meta["steps_done"])
+                meta = ckpt.load_checkpoint(checkpoint_dir, self, self._data_fingerprint)
+                history, rng = meta["history"], meta["rng"]
+                replay = min(int(meta["steps_done"]), total)  # a shorter max_steps: nothing left to do
                 log.warning("resuming from the checkpoint in %s at step %d of %d", checkpoint_dir, replay, total)
             else:
                 log.warning("no checkpoint in %s: starting from the beginning", checkpoint_dir)
@@ -500,7 +502,7 @@ class MetaDistiller:
 
         dist = getattr(self, "dist", None)
         if dist is None or dist.is_main:
-            save_checkpoint(directory, self, history)
+            save_checkpoint(directory, self, history, getattr(self, "_data_fingerprint", None))
         if dist is not None:
             dist.barrier()  # nobody moves on (or exits) while the main process writes
 
@@ -514,6 +516,11 @@ class MetaDistiller:
         for ``task="causal_lm"`` next-token loss and perplexity (``evaluate.evaluate_lm``)."""
         if model not in ("student", "teacher"):
             raise ValueError(f"model must be 'student' or 'teacher', got {model!r}")
+        # the loader draws its base seed from the global RNG: evaluating must not shift training's stream
+        with torch.random.fork_rng(devices=[]):
+            return self._evaluate(data, model)
+
+    def _evaluate(self, data: Any, model: str) -> dict[str, float]:
         net = self.student if model == "student" else self.teacher
         side = model
         was_training = net.training

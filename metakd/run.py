@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from . import data as data_mod
+from .atomic import atomic_directory
 from .compress.config import CompressConfig
 from .config import TASKS, ConfigError, DistillConfig, _yaml_number
 from .models import ModelError
@@ -456,12 +457,12 @@ def finetune_teacher(run: RunConfig, progress: bool = True) -> dict[str, Any]:
                             max_steps=ft["max_steps"])
     scores = evaluate_model_on(run, model, encoded["eval"], pad)
     target = run.teacher_dir
-    target.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(target), safe_serialization=True)
-    tokenizer.save_pretrained(str(target))
     report = {"teacher": run.teacher, "saved": str(target), "eval": scores, "train": m.to_dict(),
               "n_train": len(train)}
-    (target / "metakd_finetune.json").write_text(json.dumps(report, indent=2, default=str))
+    with atomic_directory(target) as tmp:  # a kill mid-save never leaves a half-written teacher to pick up
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "metakd_finetune.json").write_text(json.dumps(report, indent=2, default=str))
     return report
 
 

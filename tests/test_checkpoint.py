@@ -68,9 +68,9 @@ def test_periodic_checkpoints_and_files_are_safetensors_and_json(tmp_path):
 
     real = ckpt.save_checkpoint
 
-    def spy(directory, distiller, history):
+    def spy(directory, distiller, *args):
         saves.append(distiller.steps_done)
-        return real(directory, distiller, history)
+        return real(directory, distiller, *args)
 
     ckpt.save_checkpoint = spy
     try:
@@ -226,3 +226,64 @@ def test_same_seed_and_config_give_the_same_result(mode):
     other.config = other.config.replace(seed=4)  # another seed: another data order and dropout stream
     other.fit(EXAMPLES)
     assert any(not torch.equal(x, y) for x, y in zip(_state(a).values(), _state(other).values()))
+
+
+
+def test_resume_with_feature_projections_and_evaluations_is_bit_identical(tmp_path):
+    changes = dict(feature_layers={1: 2}, feature_weight=0.5, eval_every=2)  # JSON turns the keys into strings
+    whole = _distiller("lora", 6, **changes)
+    whole.fit(EXAMPLES, eval_data=EXAMPLES[:8])
+    _distiller("lora", 3, **changes).fit(EXAMPLES, eval_data=EXAMPLES[:8], checkpoint_dir=tmp_path)
+    resumed = _distiller("lora", 6, **changes)
+    resumed.fit(EXAMPLES, eval_data=EXAMPLES[:8], checkpoint_dir=tmp_path, resume=True)
+    _assert_same(_state(resumed), _state(whole))
+    # evaluating does not shift the training RNG stream: the same run without evaluations trains the same
+    quiet = _distiller("lora", 6, **changes)
+    quiet.fit(EXAMPLES)
+    _assert_same(_state(quiet), _state(whole))
+
+
+def test_resume_on_other_data_is_refused(tmp_path):
+    _distiller("none", 2).fit(EXAMPLES, checkpoint_dir=tmp_path)
+    with pytest.raises(CheckpointError, match="other data"):
+        _distiller("none", 4).fit(EXAMPLES[:-4], checkpoint_dir=tmp_path, resume=True)
+
+
+def test_a_kill_between_the_two_renames_keeps_the_previous_checkpoint(tmp_path):
+    from metakd.checkpoint import has_checkpoint
+
+    target = tmp_path / "ckpt"
+    _distiller("none", 2).fit(EXAMPLES, checkpoint_dir=target)
+    target.rename(tmp_path / ".ckpt.old")  # what a SIGKILL right after the first rename leaves
+    assert has_checkpoint(target) and read_meta(target)["steps_done"] == 2
+    resumed = _distiller("none", 3)
+    resumed.fit(EXAMPLES, checkpoint_dir=target, resume=True)
+    assert resumed.steps_done == 3
+
+
+def test_an_interrupted_atomic_write_puts_the_previous_version_back(tmp_path):
+    from metakd.atomic import atomic_directory
+
+    target = tmp_path / "d"
+    target.mkdir()
+    (target / "f").write_text("old")
+    import metakd.atomic as atomic
+
+    real = atomic.Path.rename
+    calls = []
+
+    def rename_then_stop(self, new):
+        out = real(self, new)
+        calls.append(new)
+        if len(calls) == 1:  # after moving the old version aside, before moving the new one in
+            raise KeyboardInterrupt
+        return out
+
+    atomic.Path.rename = rename_then_stop
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with atomic_directory(target) as tmp:
+                (tmp / "f").write_text("new")
+    finally:
+        atomic.Path.rename = real
+    assert (target / "f").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["d"]
