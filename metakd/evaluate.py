@@ -96,6 +96,53 @@ def evaluate_lm(forward: Callable[[Mapping[str, Any]], Tensor], batches: Iterabl
             "tokens_per_second": n / seconds if seconds > 0 else float("nan")}
 
 
+def real_tokens(inputs: Mapping[str, Tensor]) -> int:
+    """Input tokens that are not padding (all of them without an attention mask)."""
+    mask = inputs.get("attention_mask")
+    return int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+
+
+def evaluate_model(model: Any, data: Any, *, task: str = "classification", batch_size: int = 64,
+                   pad: int | Mapping[str, int] = 0, side: str = "teacher", num_labels: int | None = None,
+                   lm_chunk_size: int | None = 1024, device: "torch.device | str | None" = None) -> dict[str, float]:
+    """Scores of ``model`` on ``data`` (encoded examples, or an iterable of collated batches such as
+    a DataLoader) as ``task`` measures them: accuracy, macro F1/precision/recall, loss, examples/s and
+    tokens/s for classification; next-token loss, perplexity and tokens/s for ``"causal_lm"``.
+
+    Reads the ``side`` ("teacher" or "student") inputs of split-tokenizer batches; ``pad`` is the
+    padding id (or one per side) used to collate examples. The model runs in eval mode and is put
+    back in the mode it was in. The one evaluation path of MetaDistiller, the run files, the
+    teacher fine-tuning and the compression pipeline.
+    """
+    from torch.utils.data import DataLoader
+
+    from . import data as data_mod
+    from .forward import model_inputs, to_device
+
+    if side not in ("teacher", "student"):
+        raise ValueError(f"side must be 'teacher' or 'student', got {side!r}")
+    if device is None:
+        device = next(model.parameters()).device
+    if num_labels is None:
+        num_labels = getattr(getattr(model, "config", None), "num_labels", None)
+    forward = lambda b: model(**model_inputs(b, side)).logits  # noqa: E731
+    was_training = model.training
+    model.eval()
+    # building and iterating a DataLoader draws from the global RNG: evaluating must not shift a
+    # training stream
+    with torch.random.fork_rng(devices=[]):
+        try:
+            if not isinstance(data, DataLoader):
+                data = data_mod.loader(data, batch_size, data_mod.make_collator(pad), shuffle=False, seed=0)
+            batches = (to_device(b, device) for b in data)
+            if task == "causal_lm":
+                return evaluate_lm(forward, batches, lm_chunk_size)
+            return evaluate_classifier(forward, batches, num_labels,
+                                       count_tokens=lambda b: real_tokens(model_inputs(b, side)))
+        finally:
+            model.train(was_training)
+
+
 @torch.no_grad()
 def generation_speed(model: Any, prompts: Tensor, max_new_tokens: int = 32, warmup: bool = True) -> dict[str, float]:
     """Greedy generation throughput: ``max_new_tokens`` new tokens for each row of ``prompts``

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import data as data_mod
-from .evaluate import evaluate_classifier
+from . import evaluate
 from .forward import model_inputs
 from .losses import next_token_ce
 
@@ -74,17 +74,9 @@ def finetune_classifier(model: nn.Module, train: Sequence, *, epochs: int = 2, l
 
 def evaluate_model(model: nn.Module, data: Sequence, batch_size: int = 64, pad_id: int = 0,
                    side: str = "teacher") -> dict[str, float]:
-    """Accuracy, macro F1/precision/recall and loss of a classifier on encoded examples."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    loader = data_mod.loader(data, batch_size, data_mod.make_collator(pad_id), shuffle=False)
-    batches = ({k: v.to(device) for k, v in b.items()} for b in loader)
-    num_labels = getattr(getattr(model, "config", None), "num_labels", None)
-    try:
-        return evaluate_classifier(lambda b: model(**model_inputs(b, side)).logits, batches, num_labels)
-    finally:
-        model.train(was_training)
+    """Accuracy, macro F1/precision/recall and loss of a classifier on encoded examples
+    (``metakd.evaluate.evaluate_model`` for classification)."""
+    return evaluate.evaluate_model(model, data, batch_size=batch_size, pad=pad_id, side=side)
 
 
 def cache_key(**settings: Any) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Iterator, Mapping
 
+import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -26,6 +27,15 @@ class Outputs:
 
     logits: Tensor
     hidden: dict[int, Tensor] = field(default_factory=dict)
+
+
+def to_device(batch: Any, device: "torch.device | str") -> Any:
+    """``batch`` (a tensor, or a mapping of them, nested for split-tokenizer batches) on ``device``."""
+    if isinstance(batch, Tensor):
+        return batch.to(device)
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
 
 
 def model_inputs(batch: Mapping[str, Any], side: str) -> dict[str, Tensor]:

@@ -467,27 +467,12 @@ def finetune_teacher(run: RunConfig, progress: bool = True) -> dict[str, Any]:
 
 
 def evaluate_model_on(run: RunConfig, model, data, pad: int | dict[str, int], side: str = "teacher") -> dict[str, float]:
-    """Scores of ``model`` on encoded ``data`` as the run's task measures them (accuracy, macro
-    F1/precision/recall, loss, examples/s and tokens/s; or perplexity and tokens/s), reading the
-    ``side`` ("teacher" or "student") inputs of split-tokenizer data."""
-    from .distiller import _real_tokens
-    from .evaluate import evaluate_classifier, evaluate_lm
-    from .forward import model_inputs
+    """Scores of ``model`` on encoded ``data`` as the run's task measures them
+    (``metakd.evaluate.evaluate_model`` with the run's task, batch size and chunking)."""
+    from .evaluate import evaluate_model
 
-    size = run.distill.eval_batch_size
-    loader = data_mod.loader(data, size, data_mod.make_collator(pad), shuffle=False)
-    device = next(model.parameters()).device
-    was = model.training
-    model.eval()
-    try:
-        batches = ({k: v.to(device) for k, v in b.items()} for b in loader)
-        forward = lambda b: model(**model_inputs(b, side)).logits  # noqa: E731
-        if run.task == "causal_lm":
-            return evaluate_lm(forward, batches, run.distill.lm_chunk_size)
-        return evaluate_classifier(forward, batches, getattr(model.config, "num_labels", None),
-                                   count_tokens=lambda b: _real_tokens(model_inputs(b, side)))
-    finally:
-        model.train(was)
+    return evaluate_model(model, data, task=run.task, batch_size=run.distill.eval_batch_size, pad=pad, side=side,
+                          lm_chunk_size=run.distill.lm_chunk_size)
 
 
 def distill(run: RunConfig, progress: bool = True, resume: bool = False) -> dict[str, Any]:

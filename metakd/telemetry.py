@@ -28,6 +28,17 @@ BACKENDS = ("zeus", "nvml", "rapl", "estimate")
 _RAPL_TOP_ZONE = re.compile(r"intel-rapl:\d+")  # packages only; "intel-rapl:0:1" is a sub-zone
 
 
+def fmt_bytes(n: float | None) -> str:
+    """Bytes as B/KiB/MiB/GiB for tables and logs; "n/a" for None."""
+    if n is None:
+        return "n/a"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} GiB"
+
+
 def cpu_seconds() -> float:
     """User + system CPU time of this process (children excluded)."""
     ru = resource.getrusage(resource.RUSAGE_SELF)

@@ -12,7 +12,7 @@ import torch
 
 from metakd import ConfigError, DistillConfig, MetaDistiller, NumericalError
 from metakd import cli
-from metakd import distiller as distiller_mod
+from metakd import meta_step as meta_step_mod
 from metakd.models import tiny_classifier
 
 from .conftest import make_batch
@@ -132,14 +132,14 @@ def test_nan_quiz_loss_applies_nothing(mode, backend, pilot, caplog):
 def test_nan_meta_gradient_alone_applies_nothing(mode, backend, pilot, monkeypatch, caplog):
     d = _distiller(mode, meta_grad=backend, pilot=pilot)
     d.step(make_batch(0), make_batch(1))
-    real = distiller_mod.meta_gradient
+    real = meta_step_mod.meta_gradient
 
     def poisoned(*args, **kwargs):
         result = real(*args, **kwargs)
         result.phi_grads[-1] = torch.full_like(result.phi_grads[-1], NAN)
         return result
 
-    monkeypatch.setattr(distiller_mod, "meta_gradient", poisoned)
+    monkeypatch.setattr(meta_step_mod, "meta_gradient", poisoned)
     before = _state(d)
     with caplog.at_level(logging.WARNING, logger="metakd.distiller"):
         metrics = d.step(make_batch(2), make_batch(3))

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..telemetry import machine_info
+from ..telemetry import fmt_bytes, machine_info  # fmt_bytes: re-exported for the benchmarks
 
 
 def run_worker(module: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -49,16 +49,6 @@ def settings_from_args(parser, args, defaults: dict[str, Any], keys: Sequence[st
                 parser.error(f"--{key.replace('_', '-')} must be >= {low}")
             settings[key] = value
     return settings
-
-
-def fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "n/a"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n:.2f} GiB"
 
 
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -308,7 +308,7 @@ STAGE_COLUMNS = ("stage", "params", "non-zero", "bytes on disk", "size vs distil
 
 def stage_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Columns and rows of the stage table (the CLI and the benchmark print it)."""
-    from ..bench.report import fmt_bytes
+    from ..telemetry import fmt_bytes
 
     rows = report["stages"]
     lm = "perplexity" in rows[0]["eval"]

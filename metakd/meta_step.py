@@ -1,0 +1,225 @@
+"""The meta-step and its numerical guards: one training step of MetaDistiller (a plain KD step,
+or teacher forward → pilot → quiz → meta-gradient → teacher step → student step), with every
+NaN/inf loss or gradient skipped, counted and, after ``max_bad_steps`` in a row, stopped."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from .forward import Outputs, checkpointed_blocks, model_inputs, run, to_device
+from .metagrad import MetaProblem, MetaResult, meta_gradient
+from .metagrad.base import NullTimer
+
+log = logging.getLogger("metakd.distiller")
+
+
+class NumericalError(RuntimeError):
+    """``max_bad_steps`` steps in a row had a NaN/inf loss or gradient (each was skipped, never
+    applied); the message names the quantity and the likely causes with the run's settings."""
+
+
+def _finite(value: float | torch.Tensor | Sequence[torch.Tensor | None]) -> bool:
+    """Whether a loss (a float) or every tensor of a list of gradients is free of NaN and inf
+    (one host sync for the list)."""
+    if isinstance(value, (int, float)):
+        return math.isfinite(value)
+    tensors = [value] if isinstance(value, torch.Tensor) else [t for t in value if t is not None]
+    if not tensors:
+        return True
+    device = tensors[0].device
+    return bool(torch.stack([torch.isfinite(t).all().to(device) for t in tensors]).all())
+
+
+def _non_finite(quantities: Sequence[tuple[str, Any]]) -> tuple[str, ...]:
+    """The names of the (name, value) pairs whose value holds a NaN or inf, in order."""
+    return tuple(name for name, value in quantities if not _finite(value))
+
+
+def _join(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+class MetaStepMixin:
+    """``step`` and ``meta_gradient`` of MetaDistiller (which sets the models, optimizers, config,
+    objective and ``dist`` these methods use)."""
+
+    # ------------------------------------------------------------------ one step
+    @property
+    def timer(self) -> Any:
+        return self._timer
+
+    @timer.setter
+    def timer(self, value: Any) -> None:
+        self._timer = value if value is not None else NullTimer()
+
+    def teacher_outputs(self, batch: Mapping[str, Any], checkpointed: bool = False) -> Outputs:
+        """Teacher logits and the hidden states the feature loss reads; with ``checkpointed`` the
+        blocks keep only their inputs for the backward (see ``teacher_checkpointing``)."""
+        layers = set(self.objective.feature_layers.values())
+        with self.timer.phase("teacher_forward"):
+            if checkpointed and torch.is_grad_enabled():
+                with checkpointed_blocks(self.teacher, self.teacher_blocks):
+                    return run(self.teacher, model_inputs(batch, "teacher"), self.teacher_blocks, layers)
+            return run(self.teacher, model_inputs(batch, "teacher"), self.teacher_blocks, layers)
+
+    def _average_student_grads(self, loss: torch.Tensor) -> torch.Tensor:
+        """Data-parallel runs: replace the student's gradients (after ``loss.backward()`` on this
+        process's shard) and ``loss`` by their means over the processes, in one all-reduce. A
+        parameter no process has a gradient for keeps ``grad=None``, as in one process."""
+        if not self.dist.distributed:
+            return loss
+        params = self.student_params
+        has = torch.tensor([p.grad is not None for p in params], dtype=loss.dtype, device=loss.device)
+        loss_t, has, *grads = self.dist.all_reduce_mean(
+            [loss.detach(), has, *[p.grad if p.grad is not None else torch.zeros_like(p) for p in params]])
+        for p, g, used in zip(params, grads, has.tolist()):
+            p.grad = g if used else None
+        return loss_t
+
+    def step(self, batch: Mapping[str, Any], quiz_batch: Mapping[str, Any] | None = None) -> dict[str, float]:
+        """One training step: a meta-step (pilot, quiz, teacher update, student update) when the
+        mode and ``meta_every`` call for one, else a plain KD step. Returns floats."""
+        batch, quiz_batch = self.dist.shard(batch), self.dist.shard(quiz_batch)  # this process's rows
+        cfg = self.config
+        is_meta = cfg.meta_update != "none" and self.steps_done % cfg.meta_every == 0
+        if is_meta and quiz_batch is None:
+            raise ValueError(f"meta_update={cfg.meta_update!r} needs a quiz_batch for the meta-step")
+        batch = to_device(batch, self.device)
+        self.teacher.eval()
+        self._student.train()
+        timing = not isinstance(self.timer, NullTimer)
+        if timing:
+            self.timer.reset()
+        start = time.perf_counter()
+        metrics: dict[str, float] = {"step": float(self.steps_done), "meta": float(is_meta)}
+        self._step_bad = ()  # what this step finds NaN/inf (_student_step, _meta_update)
+        if is_meta:
+            metrics.update(self._meta_update(batch, to_device(quiz_batch, self.device)))
+        else:
+            metrics["student_loss"] = self._student_step(batch)
+        metrics["seconds"] = time.perf_counter() - start
+        if timing:
+            metrics.update({f"time_{k}": v for k, v in self.timer.totals().items()})
+            for prefix, read in (("cpu", "cpu_seconds"), ("mem", "peaks"), ("energy", "energy")):
+                values = getattr(self.timer, read, dict)()  # a timer with only phase/totals/reset has none
+                metrics.update({f"{prefix}_{k}": float(v) for k, v in values.items() if v is not None})
+        self.steps_done += 1
+        self._count_bad_step(metrics)  # sets metrics["skipped"]; too many bad steps in a row raise NumericalError
+        return metrics
+
+    def _student_step(self, batch: Mapping[str, Any]) -> float:
+        with torch.no_grad():
+            t_out = self.teacher_outputs(batch)
+        with self.timer.phase("student_step"):
+            loss = self.objective.inner(self._student(batch), t_out, batch)
+            self.student_optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # also for a NaN/inf loss: every step runs the same backward
+            loss = self._average_student_grads(loss)  # data-parallel: the global batch's gradient and loss
+            value = float(loss.detach())
+            bad = _non_finite([("student loss", value), ("student gradient", [p.grad for p in self.student_params])])
+            if bad:  # skip: never step on a NaN/inf loss or gradient
+                self._step_bad += bad
+                self.student_optimizer.zero_grad(set_to_none=True)
+            else:
+                self.student_optimizer.step()
+        return value
+
+    def meta_gradient(self, batch: Mapping[str, Any], quiz_batch: Mapping[str, Any]) -> MetaResult:
+        """The meta-gradient ``∇_φ L_quiz`` of this batch and quiz batch with the configured backend,
+        without stepping anything (the teacher forward, pilot and quiz only)."""
+        cfg = self.config
+        if not self.phi:
+            raise ValueError("meta_update='none' has no teacher meta parameters")
+        batch, quiz_batch = to_device(batch, self.device), to_device(quiz_batch, self.device)
+        self.teacher.eval()
+        self._student.train()
+        with torch.enable_grad():
+            t_out = self.teacher_outputs(batch, checkpointed=cfg.teacher_checkpointing)  # attached to φ
+            return meta_gradient(cfg.meta_grad, MetaProblem(
+                student=self._student, params=self.student_params, objective=self.objective,
+                teacher_out=t_out, batch=batch, quiz_batch=quiz_batch, phi=self.phi,
+                pilot_lr=cfg.pilot_lr, unroll_steps=cfg.unroll_steps, pilot_optimizer=cfg.pilot_optimizer,
+                fd_epsilon=cfg.fd_epsilon, timer=self.timer,
+                reduce=self.dist.all_reduce_mean if self.dist.distributed else None,
+            ))
+
+    def _meta_update(self, batch: Mapping[str, Any], quiz_batch: Mapping[str, Any]) -> dict[str, float]:
+        cfg = self.config
+        result = self.meta_gradient(batch, quiz_batch)
+        bad = _non_finite([("inner loss", result.inner_loss), ("pilot gradient", result.pilot_grads),
+                           ("quiz loss", result.quiz_loss), ("meta-gradient", result.phi_grads)])
+        if bad:  # skip the whole step before anything is applied: neither the teacher nor the student moves
+            self._step_bad += bad
+            return {"inner_loss": result.inner_loss, "quiz_loss": result.quiz_loss, "teacher_grad_norm": math.nan,
+                    "student_loss": result.inner_loss}
+        with self.timer.phase("teacher_step"):
+            for p, g in zip(self.phi, result.phi_grads):
+                p.grad = g
+            grad_norm = float(torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g) for g in result.phi_grads])))
+            if cfg.teacher_grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.phi, cfg.teacher_grad_clip)
+            self.teacher_optimizer.step()
+            self.teacher_optimizer.zero_grad(set_to_none=True)
+
+        out = {"inner_loss": result.inner_loss, "quiz_loss": result.quiz_loss, "teacher_grad_norm": grad_norm}
+        if cfg.pilot == "restore":
+            out["student_loss"] = self._student_step(batch)
+        else:
+            with self.timer.phase("student_step"):
+                for p, g in zip(self.student_params, result.pilot_grads):
+                    p.grad = g
+                self.student_optimizer.step()
+                self.student_optimizer.zero_grad(set_to_none=True)
+            out["student_loss"] = result.inner_loss
+        return out
+
+    # ------------------------------------------------------------------ numerical guards
+    skipped_steps: int = 0
+    """Steps skipped in all for a NaN/inf loss or gradient (``step`` reports ``skipped`` 1.0)."""
+    bad_in_a_row: int = 0
+    """Skipped steps in a row up to the last step (a good step resets it); at ``max_bad_steps`` the
+    run stops with NumericalError."""
+    _step_bad: tuple[str, ...] = ()   # what the current step found NaN/inf
+    _streak_bad: tuple[str, ...] = ()  # what the current run of bad steps found NaN/inf
+
+    def _count_bad_step(self, metrics: dict[str, float]) -> None:
+        """Count, log and mark (``metrics["skipped"]``) a step whose update was skipped for a NaN/inf
+        loss or gradient; raise NumericalError when ``max_bad_steps`` are bad in a row."""
+        bad, self._step_bad = self._step_bad, ()
+        metrics["skipped"] = float(bool(bad))
+        if not bad:
+            self.bad_in_a_row, self._streak_bad = 0, ()
+            return
+        cfg = self.config
+        self.skipped_steps += 1
+        self.bad_in_a_row += 1
+        self._streak_bad += tuple(b for b in bad if b not in self._streak_bad)
+        step = int(metrics["step"])
+        if not metrics["meta"]:
+            kept = "the student not updated"
+        elif bad[0] in ("student loss", "student gradient"):  # pilot="restore": the teacher stepped already
+            kept = "the student not updated (the teacher's meta-update was applied)"
+        else:
+            kept = "neither the teacher nor the student updated"
+        log.warning("step %d skipped: %s NaN/inf, %s (%d bad in a row, %d in all; the run stops at "
+                    "max_bad_steps=%d in a row)", step, _join(bad), kept, self.bad_in_a_row, self.skipped_steps,
+                    cfg.max_bad_steps)
+        if self.bad_in_a_row < cfg.max_bad_steps:
+            return
+        n, what = self.bad_in_a_row, self._streak_bad
+        causes = [f"student_lr {cfg.student_lr} too high ({cfg.student_optimizer})",
+                  f"temperature {cfg.temperature} too low (soft labels overflow)"]
+        if cfg.meta_update != "none":
+            causes += [f"teacher_lr {cfg.teacher_lr} too high",
+                       f"pilot_lr {cfg.pilot_lr} too large (the pilot step diverges; meta_update={cfg.meta_update!r})"]
+        raise NumericalError(
+            f"{_join(what)} {'was' if len(what) == 1 else 'were'} NaN/inf in {n} steps in a row "
+            f"(steps {step - n + 1}-{step}); likely causes: {', '.join(causes)}, or NaN/inf in the data or the "
+            f"teacher's outputs. Lower the learning rates or raise the temperature (each bad step was skipped; "
+            f"max_bad_steps={cfg.max_bad_steps} in a row stop the run)")
