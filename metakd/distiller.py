@@ -20,7 +20,7 @@ from .meta_step import MetaStepMixin, NumericalError
 from .models import (ModelError, attach_lora, attach_student_lora, count_parameters, find_layer_list, has_lora,
                      meta_parameters, use_eager_attention)
 from .objective import DistillStudent, Objective
-from .quantization import check_meta_update
+from .quantization import check_meta_update, keep_differentiable
 from .training import TrainingLoopMixin
 from .vocab import shared_vocab_size
 
@@ -90,6 +90,8 @@ class MetaDistiller(MetaStepMixin, TrainingLoopMixin):
         self.dist = dist if dist is not None else Dist.from_env()
         self.dist.check_config(cfg)  # batch sizes divisible by the processes; no 'higher' across processes
         check_meta_update(teacher, cfg.meta_update)  # a quantized teacher: LoRA meta-update only
+        if cfg.meta_update != "none":
+            keep_differentiable(teacher)  # bitsandbytes' packed CPU 4-bit kernel drops gradients
         if device is None and self.dist.distributed:
             device = self.dist.device  # one GPU per process (or the CPU)
         self.device = torch.device(device) if device is not None else next(student.parameters()).device

@@ -277,8 +277,10 @@ def compress_student(prep: Prepared, student: nn.Module, stages: _Stages, cc=Non
     elif cc.quantize in ("bnb8", "bnb4"):
         bits = 8 if cc.quantize == "bnb8" else 4
         final = bnb_quantize(student, bits, cc.bnb_quant_type)
-        stages.record("quantized", final, {"method": cc.quantize},
-                      {"quantize": {"method": cc.quantize, "bits": bits, "quant_type": cc.bnb_quant_type}})
+        kept = dict(getattr(final, "metakd_full_precision", {}))  # layers bitsandbytes cannot hold in 4 bits
+        stages.record("quantized", final, {"method": cc.quantize, "info": {"full_precision_layers": kept}},
+                      {"quantize": {"method": cc.quantize, "bits": bits, "quant_type": cc.bnb_quant_type,
+                                    "full_precision_layers": kept}})
 
     report: dict[str, Any] = {"run": run.to_dict(), "compress": cc.to_dict(), "stages": stages.rows}
     if verify:
