@@ -21,6 +21,7 @@ from .models import (ModelError, attach_lora, attach_student_lora, count_paramet
                      meta_parameters, use_eager_attention)
 from .objective import DistillStudent, Objective
 from .quantization import check_meta_update, keep_differentiable
+from .sharing import structural_copy
 from .training import TrainingLoopMixin
 from .vocab import shared_vocab_size
 
@@ -59,6 +60,20 @@ def resolve_feature_layers(layers: Mapping[int, int], n_student: int, n_teacher:
     return out
 
 
+def _check_teacher_adapters(teacher: nn.Module, mode: str, keep: bool) -> None:
+    """Refuse a teacher that carries LoRA adapters unless the caller means it (and always in full
+    mode, which would train them along with every weight)."""
+    if not has_lora(teacher):
+        return
+    if mode == "full":
+        raise ModelError("meta_update='full' trains every weight of a plain teacher, but this teacher carries LoRA "
+                         "adapters; merge them first (peft: teacher.merge_and_unload()) or pass the base model")
+    if not keep:
+        raise ModelError("the teacher already carries LoRA adapters (a peft model, or d.teacher of an earlier "
+                         "MetaDistiller); pass the base model for fresh adapters, or keep_teacher_adapters=True to "
+                         f"distil from these adapters (meta_update={mode!r})")
+
+
 def _hidden_width(model: nn.Module) -> int | None:
     return getattr(getattr(model, "config", None), "hidden_size", None)
 
@@ -67,10 +82,20 @@ class MetaDistiller(MetaStepMixin, TrainingLoopMixin):
     """Distil ``teacher`` into ``student`` with a teacher that learns to teach.
 
     ``teacher`` and ``student`` are Hugging Face models (or any ``nn.Module`` whose output has
-    ``.logits``). In ``meta_update="lora"`` mode the teacher gets LoRA adapters (unless it has
-    some already) and only those receive the meta-gradient; ``"full"`` trains every teacher
-    weight; ``"none"`` is plain KD with a frozen teacher. ``d.teacher`` and ``d.student`` are the
-    live models.
+    ``.logits``). In ``meta_update="lora"`` mode the teacher gets fresh LoRA adapters and only
+    those receive the meta-gradient; ``"full"`` trains every teacher weight; ``"none"`` is plain
+    KD with a frozen teacher. ``d.teacher`` and ``d.student`` are the live models.
+
+    The caller's ``teacher`` is left as it was: the distiller works on a structural copy that
+    shares its weights (``metakd.sharing.structural_copy``: no second copy of the weights in
+    memory), so adapters, ``requires_grad`` flags and device moves stay on ``d.teacher``, and
+    another distiller built from the same teacher starts from the same model. ``"full"`` mode
+    trains the shared weights in place, as the student is trained in place: pass
+    ``copy.deepcopy(teacher)`` to keep the original. A teacher that already carries LoRA adapters
+    (a peft model, or ``d.teacher`` of an earlier distiller) is refused unless
+    ``keep_teacher_adapters=True`` says it is meant: then lora mode meta-updates those adapters and
+    plain KD distils from the teacher with them; ``"full"`` refuses such a teacher (merge the
+    adapters first).
 
     ``timer`` (e.g. ``metakd.telemetry.PhaseTimer(device)``) times the phases of every step
     (teacher_forward, pilot, quiz, directional_derivative, teacher_backward, teacher_step,
@@ -84,9 +109,11 @@ class MetaDistiller(MetaStepMixin, TrainingLoopMixin):
     """
 
     def __init__(self, teacher: nn.Module, student: nn.Module, config: DistillConfig | None = None,
-                 device: str | torch.device | None = None, timer: Any = None, dist: Dist | None = None):
+                 device: str | torch.device | None = None, timer: Any = None, dist: Dist | None = None,
+                 keep_teacher_adapters: bool = False):
         self.config = cfg = config or DistillConfig()
         cfg.validate()
+        _check_teacher_adapters(teacher, cfg.meta_update, keep_teacher_adapters)
         self.dist = dist if dist is not None else Dist.from_env()
         self.dist.check_config(cfg)  # batch sizes divisible by the processes; no 'higher' across processes
         check_meta_update(teacher, cfg.meta_update)  # a quantized teacher: LoRA meta-update only
@@ -110,6 +137,7 @@ class MetaDistiller(MetaStepMixin, TrainingLoopMixin):
         # LoRA adapters and feature projections start from random weights: seed them by config,
         # so a run is reproducible from its seed alone
         torch.manual_seed(cfg.seed)
+        teacher = structural_copy(teacher)  # the caller's teacher keeps its modules, flags and device
         if cfg.meta_update == "lora" and not has_lora(teacher):
             teacher = attach_lora(teacher, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
         self.teacher = teacher.to(self.device)

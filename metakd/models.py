@@ -384,10 +384,11 @@ def attach_student_lora(student: nn.Module, r: int, alpha: int, dropout: float,
 
 
 def meta_parameters(teacher: nn.Module, mode: str) -> list[nn.Parameter]:
-    """Set ``requires_grad`` for the meta mode and return φ, the teacher parameters it trains."""
+    """Set ``requires_grad`` for the meta mode and return φ, the teacher parameters it trains:
+    the LoRA adapters (lora), every weight but adapters (full), nothing (none)."""
     phi = []
     for name, p in teacher.named_parameters():
-        train = mode == "full" or (mode == "lora" and LORA_MARKER in name)
+        train = (mode == "full" and LORA_MARKER not in name) or (mode == "lora" and LORA_MARKER in name)
         p.requires_grad_(train)
         if train:
             phi.append(p)

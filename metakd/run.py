@@ -514,7 +514,7 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False) -> dict
     encoded = encode_splits(run, splits, tokenizer, student_tokenizer)
     _log(f"{len(encoded['train'])} training and {len(encoded['eval'])} evaluation "
          f"{'blocks' if run.task == 'causal_lm' else 'examples'}; meta_update={cfg.meta_update}")
-    d = MetaDistiller(teacher, student, cfg, dist=dist)
+    d = MetaDistiller(teacher, student, cfg, dist=dist, keep_teacher_adapters=True)  # a run file names its teacher
     teacher_before = d.evaluate(encoded["eval"], model="teacher")
     with measure(energy=EnergyMeter()) as m:
         history = d.fit(encoded["train"], eval_data=encoded["eval"], checkpoint_dir=Path(run.output) / "checkpoint",

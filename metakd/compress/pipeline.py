@@ -179,7 +179,7 @@ def _recover(run, cc, student: nn.Module, train, masks: dict | None, num_labels:
                               epochs=cc.recovery_steps, eval_every=None, progress=progress and run.distill.progress,
                               student_lr=cc.recovery_lr or run.distill.student_lr)
     teacher = _recovery_teacher(run, num_labels)
-    d = MetaDistiller(teacher, student, cfg)
+    d = MetaDistiller(teacher, student, cfg, keep_teacher_adapters=True)  # the meta-updated adapters, on purpose
     if masks:
         keep_pruned(d.student_optimizer, d.student, masks)
     history = d.fit(train)
