@@ -245,3 +245,15 @@ def test_teacher_layers_naming_no_block_is_a_config_error(value):
 def test_bad_meta_batch_size_and_fd_scheme(settings, message):
     with pytest.raises(ConfigError, match=message):
         DistillConfig(**settings)
+
+
+def test_settings_from_run_file_overrides_and_yaml(tmp_path):
+    from metakd.run import apply_overrides
+
+    values = apply_overrides({}, ["distill.teacher_layers=top:2", "distill.meta_batch_size=8",
+                                  "distill.fd_scheme=forward"])
+    cfg = DistillConfig.from_dict(values["distill"])
+    assert (cfg.teacher_layers, cfg.meta_batch_size, cfg.fd_scheme) == ("top:2", 8, "forward")
+    cfg = DistillConfig.from_dict(apply_overrides({}, ["teacher_layers=[4, 5]"]))
+    cfg.save_yaml(tmp_path / "c.yaml")
+    assert DistillConfig.from_yaml(tmp_path / "c.yaml").teacher_layers == [4, 5]
