@@ -18,6 +18,7 @@ PILOTS = ("restore", "reuse")
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 OPTIMIZERS = ("adamw", "sgd")
 PILOT_OPTIMIZERS = ("sgd", "adam")
+FD_SCHEMES = ("central", "forward")
 
 
 class ConfigError(ValueError):
@@ -55,6 +56,21 @@ class DistillConfig:
     """finite_diff only: the directional derivative steps θ ± ε·g with ε = fd_epsilon / ‖g‖ (a step
     of this length in parameter space). The error is O(fd_epsilon²) plus float rounding that grows
     as fd_epsilon shrinks; 1e-3 measured best in float32 and float64 on the test models."""
+    fd_scheme: str = "central"
+    """finite_diff only: "central" [L_in(θ+εg) − L_in(θ−εg)]/2ε (two extra student forwards, error
+    O(ε²)) or "forward" [L_in(θ+εg) − L_in(θ)]/ε (one extra forward; L_in(θ) reuses the pilot's
+    student outputs, same dropout masks; error O(ε))."""
+    teacher_layers: Any = "all"
+    """Which teacher blocks learn: "all", "top:k" (the last k blocks) or a list of block indices.
+    Otherwise only those blocks learn (lora: adapters only in them; full: only their weights; the
+    embeddings and the head learn in neither mode), and the frozen trunk (every block below the
+    lowest learning block, and the embeddings) runs once per meta-step without grad: the teacher
+    backward stops at its output and pilot="restore" replays it in the second teacher forward."""
+    meta_batch_size: int | None = None
+    """Rows of the training batch (its first ones) that the meta-gradient uses: the teacher
+    forward attached to φ, the pilot step, the directional derivative and the teacher backward.
+    The meta-gradient is then the exact one of a pilot step on that sub-batch; the real student
+    step still uses the whole batch (needs pilot="restore"). None: the whole batch."""
     teacher_checkpointing: bool = False
     """Recompute the teacher's block activations in the meta backward instead of keeping them
     from the teacher forward (activation checkpointing, use_reentrant=False): less memory while
@@ -205,6 +221,18 @@ class DistillConfig:
         if self.student_lora and self.meta_grad == "higher" and self.meta_update != "none":
             raise ConfigError("student_lora with meta_grad='higher' is not supported: higher cannot patch peft's "
                               "LoRA layers; use meta_grad='jvp' (exact) or 'finite_diff'")
+        _choice("fd_scheme", self.fd_scheme, FD_SCHEMES)
+        if isinstance(self.teacher_layers, tuple):
+            self.teacher_layers = list(self.teacher_layers)
+        check_teacher_layers(self.teacher_layers)
+        if self.meta_batch_size is not None:
+            _positive_int("meta_batch_size", self.meta_batch_size)
+            if self.meta_batch_size > self.batch_size:
+                raise ConfigError(f"meta_batch_size {self.meta_batch_size} is larger than batch_size "
+                                  f"{self.batch_size}: it takes the first rows of each training batch")
+            if self.pilot == "reuse" and self.meta_batch_size < self.batch_size and self.meta_update != "none":
+                raise ConfigError("meta_batch_size needs pilot='restore': pilot='reuse' would step the student on "
+                                  "the sub-batch's pilot gradient, and the real step must use the whole batch")
         if not isinstance(self.teacher_checkpointing, bool):
             raise ConfigError(f"teacher_checkpointing must be true or false, got {self.teacher_checkpointing!r}")
 
@@ -243,6 +271,22 @@ class DistillConfig:
 
     def replace(self, **changes: Any) -> "DistillConfig":
         return dataclasses.replace(self, **changes)
+
+
+def check_teacher_layers(spec: Any) -> None:
+    """Raise ConfigError unless ``spec`` has the shape of a ``teacher_layers`` value (the block
+    count is checked against the teacher by ``metakd.trunk.resolve_teacher_layers``)."""
+    if spec == "all":
+        return
+    if isinstance(spec, str):
+        kind, _, count = spec.partition(":")
+        if kind == "top" and count.isdigit() and int(count) > 0:
+            return
+    elif isinstance(spec, (list, tuple)) and spec and all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in spec) and len(set(spec)) == len(spec):
+        return
+    raise ConfigError(f"teacher_layers must be 'all', 'top:k' (k >= 1) or a list of distinct block indices >= 0, "
+                     f"got {spec!r}")
 
 
 def _yaml_number(value: Any) -> Any:

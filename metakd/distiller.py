@@ -23,6 +23,7 @@ from .objective import DistillStudent, Objective
 from .quantization import check_meta_update, keep_differentiable
 from .sharing import structural_copy
 from .training import TrainingLoopMixin
+from .trunk import FrozenTrunk, resolve_teacher_layers
 from .vocab import shared_vocab_size
 
 log = logging.getLogger(__name__)
@@ -138,10 +139,12 @@ class MetaDistiller(MetaStepMixin, TrainingLoopMixin):
         # so a run is reproducible from its seed alone
         torch.manual_seed(cfg.seed)
         teacher = structural_copy(teacher)  # the caller's teacher keeps its modules, flags and device
+        self.teacher_layers = resolve_teacher_layers(cfg.teacher_layers, len(find_layer_list(teacher)[1]))
         if cfg.meta_update == "lora" and not has_lora(teacher):
-            teacher = attach_lora(teacher, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+            teacher = attach_lora(teacher, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules,
+                                  layers=self.teacher_layers)
         self.teacher = teacher.to(self.device)
-        self.phi = meta_parameters(self.teacher, cfg.meta_update)
+        self.phi = meta_parameters(self.teacher, cfg.meta_update, self.teacher_layers)
         if cfg.student_lora and not has_lora(student):
             student = attach_student_lora(student, cfg.student_lora_r, cfg.student_lora_alpha, 0.0,
                                           cfg.student_lora_target_modules)
@@ -159,6 +162,7 @@ class MetaDistiller(MetaStepMixin, TrainingLoopMixin):
         ).to(self.device)
         self.teacher_blocks = (blocks_path(self.teacher)
                                if feature_layers or (cfg.teacher_checkpointing and cfg.meta_update != "none") else None)
+        self.trunk = self._frozen_trunk(feature_layers)
         self.objective = Objective(cfg.temperature, cfg.alpha, feature_layers, cfg.feature_weight,
                                    cfg.divergence, cfg.jsd_beta, task=cfg.task, lm_chunk_size=cfg.lm_chunk_size,
                                    vocab_size=self.vocab_size)
@@ -184,6 +188,15 @@ class MetaDistiller(MetaStepMixin, TrainingLoopMixin):
 
     def trainable_teacher_parameters(self) -> int:
         return count_parameters(self.phi)
+
+    def _frozen_trunk(self, feature_layers: Mapping[int, int]) -> FrozenTrunk | None:
+        """The teacher's frozen trunk (the blocks below the lowest learning one) in a meta mode with
+        ``teacher_layers`` other than "all"; None when every block from the first one learns."""
+        if self.config.meta_update == "none" or not self.teacher_layers or self.teacher_layers[0] == 0:
+            return None
+        # teacher hidden state t is the output of block t-1
+        return FrozenTrunk(self.teacher, blocks_path(self.teacher), self.teacher_layers[0],
+                           keep=[t - 1 for t in feature_layers.values() if t >= 1])
 
     @staticmethod
     def _check_feature_layers(teacher: nn.Module, student: nn.Module, layers: Mapping[int, int]) -> dict[int, int]:

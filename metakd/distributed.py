@@ -104,6 +104,8 @@ class Dist:
         if cfg.meta_update != "none":
             sizes.append(("quiz_batch_size" if cfg.quiz_batch_size else "quiz batch size (= batch_size)",
                           cfg.quiz_batch_size or cfg.batch_size))
+        if cfg.meta_update != "none" and cfg.meta_batch_size is not None:
+            sizes.append(("meta_batch_size", cfg.meta_batch_size))  # each process: the first share of its rows
         for name, size in sizes:
             if size % w:
                 raise ConfigError(f"{name} {size} is not divisible by the {w} processes: every process takes an "

@@ -162,7 +162,9 @@ def test_higher_is_refused_across_processes(overrides):
 @pytest.mark.parametrize("overrides, name", [(dict(batch_size=7, meta_update="none"), "batch_size 7"),
                                              (dict(batch_size=8, quiz_batch_size=5, meta_grad="jvp"),
                                               "quiz_batch_size 5"),
-                                             (dict(batch_size=9, meta_grad="jvp"), "batch_size 9")])
+                                             (dict(batch_size=9, meta_grad="jvp"), "batch_size 9"),
+                                             (dict(batch_size=8, meta_batch_size=3, meta_grad="jvp"),
+                                              "meta_batch_size 3")])
 def test_batch_sizes_must_divide_over_the_processes(overrides, name):
     with pytest.raises(ConfigError, match=f"{name} is not divisible by the 2 processes"):
         _distiller(**overrides)
