@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from .atomic import atomic_directory
-from .config import ConfigError
+from .config import ConfigError, DistillConfig
+from .schedules import scheduler_state
 
 FORMAT = "metakd.checkpoint"
 VERSION = 1
@@ -118,7 +119,7 @@ def save_checkpoint(directory: str | Path, distiller: Any, history: dict[str, li
     meta = {"format": FORMAT, "version": VERSION, "steps_done": distiller.steps_done,
             "config": distiller.config.to_dict(), "optimizers": {"student": meta_s, "teacher": meta_t},
             "counters": {k: getattr(distiller, k) for k in ("skipped_steps", "bad_in_a_row") if hasattr(distiller, k)},
-            "history": history, "data": data}
+            "history": history, "data": data, "schedulers": scheduler_state(distiller)}
     with atomic_directory(directory) as tmp:
         save_file(tensors, str(tmp / STATE_FILE), metadata={"format": FORMAT})
         meta["sha256"] = _sha256(tmp / STATE_FILE)
@@ -186,8 +187,9 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
 def check_config(saved: dict[str, Any], config: Any) -> None:
     """Refuse to resume with a config that would change the steps already taken."""
     current = json.loads(json.dumps(config.to_dict(), default=float))  # as saved: JSON keys are strings
+    defaults = json.loads(json.dumps(DistillConfig().to_dict(), default=float))  # fields newer than the checkpoint
     differ = sorted(k for k in set(saved) | set(current)
-                    if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+                    if k not in RESUMABLE_CHANGES and saved.get(k, defaults.get(k)) != current.get(k))
     if differ:
         pairs = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in differ[:4])
         raise CheckpointError(f"the checkpoint was written by a run with different settings ({pairs}); resume with "
@@ -224,11 +226,30 @@ def load_checkpoint(directory: str | Path, distiller: Any, data: dict[str, Any] 
             p.copy_(teacher[name])
     _load_optimizer("optim_student", distiller.student_optimizer, meta["optimizers"]["student"], tensors)
     _load_optimizer("optim_teacher", distiller.teacher_optimizer, meta["optimizers"]["teacher"], tensors)
+    _load_schedulers(distiller, meta.get("schedulers"), directory)
     distiller.steps_done = int(meta["steps_done"])
     for key, value in meta.get("counters", {}).items():
         setattr(distiller, key, value)
     meta["rng"] = {k: v for k, v in tensors.items() if k.startswith("rng.")}
     return meta
+
+
+def _load_schedulers(distiller: Any, saved: dict[str, Any] | None, directory: Path) -> None:
+    """Restore the learning-rate schedules' position; refuse a resume that changes a schedule's
+    length (``max_steps``/``epochs`` may change only while both schedules are flat)."""
+    student = getattr(distiller, "student_scheduler", None)
+    if student is None or saved is None:
+        return
+    cfg = distiller.config
+    flat = (cfg.student_lr_schedule == cfg.teacher_lr_schedule == "constant") and cfg.warmup_ratio is None
+    if not flat and int(saved["total_steps"]) != int(distiller.schedule_steps):
+        raise CheckpointError(f"the checkpoint in {directory} follows learning-rate schedules over "
+                              f"{saved['total_steps']} steps but this run has {distiller.schedule_steps}; resume with "
+                              "the same max_steps/epochs (a schedule's shape depends on the run's length)")
+    student.load_state_dict(saved["student"])
+    teacher = getattr(distiller, "teacher_scheduler", None)
+    if teacher is not None and saved.get("teacher") is not None:
+        teacher.load_state_dict(saved["teacher"])
 
 
 class TrainingInterrupted(Exception):

@@ -19,6 +19,7 @@ DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 OPTIMIZERS = ("adamw", "sgd")
 PILOT_OPTIMIZERS = ("sgd", "adam")
 FD_SCHEMES = ("central", "forward")
+LR_SCHEDULES = ("constant", "linear", "cosine")
 
 
 class ConfigError(ValueError):
@@ -101,6 +102,18 @@ class DistillConfig:
     teacher_optimizer: str = "adamw"
     student_lr: float = 5e-5
     teacher_lr: float = 1e-4
+    student_lr_schedule: str = "constant"
+    """Learning-rate schedule of the student optimizer over the run's training steps: "constant",
+    "linear" (decay to 0 at the last step) or "cosine" (half a cosine to 0), each after
+    ``warmup_steps``/``warmup_ratio`` of linear warm-up (``transformers.get_scheduler``; applied by
+    ``fit``, stepped once per training step, saved in checkpoints)."""
+    teacher_lr_schedule: str = "constant"
+    """The same for the teacher's meta-update optimizer (stepped once per training step, so with
+    ``meta_every`` > 1 the teacher's learning rate follows the training step, not its own steps)."""
+    warmup_steps: int | None = None
+    """Steps of linear learning-rate warm-up from 0 for both schedules (None: 0, or warmup_ratio)."""
+    warmup_ratio: float | None = None
+    """Warm-up as a share in [0, 1) of the run's training steps (rounded); set it or warmup_steps."""
     weight_decay: float = 0.0
     """Weight decay of both optimizers (AdamW's decoupled decay; SGD's L2 term)."""
     teacher_grad_clip: float | None = 1.0
@@ -133,6 +146,15 @@ class DistillConfig:
     """Weight of the mean-squared hidden-state loss over the mapped layers."""
     quiz_fraction: float = 0.1
     """Share of the training data carved out (deterministically, by seed) as the quiz split."""
+    validation_fraction: float = 0.0
+    """Share of the training data carved out (by seed, after the quiz split) as a validation split,
+    unique by text and disjoint from the quiz split and the evaluation data
+    (``metakd.data.split_validation``); it is scored at every evaluation and ``fit`` reports the
+    best-validation step (``history["best"]``). 0 disables it."""
+    track_teacher: int | None = None
+    """Classification: at every evaluation also score the teacher on the first N evaluation
+    examples: accuracy, mean entropy of its soft labels at ``temperature`` and KL(initial teacher
+    || current teacher) (``metakd.teacher_stats``). None disables it."""
     batch_size: int = 32
     quiz_batch_size: int | None = None
     """Quiz batch size; None uses batch_size."""
@@ -189,6 +211,24 @@ class DistillConfig:
         _positive("student_lr", self.student_lr)
         _positive("teacher_lr", self.teacher_lr)
         _non_negative("weight_decay", self.weight_decay)
+        _choice("student_lr_schedule", self.student_lr_schedule, LR_SCHEDULES)
+        _choice("teacher_lr_schedule", self.teacher_lr_schedule, LR_SCHEDULES)
+        if self.warmup_steps is not None and not (isinstance(self.warmup_steps, int)
+                                                  and not isinstance(self.warmup_steps, bool) and self.warmup_steps >= 0):
+            raise ConfigError(f"warmup_steps must be an integer >= 0 or null, got {self.warmup_steps!r}")
+        if self.warmup_ratio is not None and not (_is_number(self.warmup_ratio) and 0.0 <= self.warmup_ratio < 1.0):
+            raise ConfigError(f"warmup_ratio must be in [0, 1) or null, got {self.warmup_ratio!r}")
+        if self.warmup_steps is not None and self.warmup_ratio is not None:
+            raise ConfigError(f"set warmup_steps ({self.warmup_steps}) or warmup_ratio ({self.warmup_ratio}), not both")
+        if not (_is_number(self.validation_fraction) and 0.0 <= self.validation_fraction < 1.0):
+            raise ConfigError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
+        if _is_number(self.quiz_fraction) and self.quiz_fraction + self.validation_fraction >= 1.0:
+            raise ConfigError(f"quiz_fraction + validation_fraction must be below 1 (training data must remain), got "
+                              f"{self.quiz_fraction} + {self.validation_fraction}")
+        if self.track_teacher is not None:
+            _positive_int("track_teacher", self.track_teacher)
+            if self.task != "classification":
+                raise ConfigError("track_teacher scores a classifier teacher; it does not apply to task='causal_lm'")
         _non_negative("feature_weight", self.feature_weight)
         if not (_is_number(self.alpha) and 0.0 <= self.alpha <= 1.0):
             raise ConfigError(f"alpha must be in [0, 1], got {self.alpha!r}")

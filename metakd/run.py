@@ -525,6 +525,8 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False) -> dict
         "teacher_after": (teacher_before if cfg.meta_update == "none" else d.evaluate(encoded["eval"], model="teacher")),
         "train": m.to_dict(),
         "steps": len(history["train"]), "trainable_teacher_params": d.trainable_teacher_parameters(),
+        # validation_fraction > 0: the best-validation point (its step, validation and eval scores) beside the last
+        "best_validation": history.get("best"),
         "student_params": sum(p.numel() for p in d.student.parameters()),
         "trainable_student_params": sum(p.numel() for p in d.student_params),
     }
