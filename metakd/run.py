@@ -507,6 +507,9 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False) -> dict
     progress = progress and dist.is_main
     cfg = run.distill.replace(progress=progress and run.distill.progress)
     check_run(run)
+    from .step_log import check_report_to
+
+    check_report_to(cfg.report_to)  # a missing tensorboard fails before anything loads
     if run.teacher.startswith("new:") and not (run.teacher_dir / "config.json").is_file():
         raise ConfigError(f"teacher {run.teacher!r} is trained from scratch: run `metakd finetune-teacher` first "
                           f"(it saves to {run.teacher_dir})")
@@ -532,7 +535,7 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False) -> dict
     teacher_before = d.evaluate(encoded["eval"], model="teacher")
     with measure(energy=EnergyMeter()) as m:
         history = d.fit(encoded["train"], eval_data=encoded["eval"], checkpoint_dir=Path(run.output) / "checkpoint",
-                        resume=resume)
+                        resume=resume, log_dir=run.output)
     result: dict[str, Any] = {
         "run": run.to_dict(), "student": history["eval"][-1], "teacher_before": teacher_before,
         # plain KD leaves the teacher as it was: no second evaluation
