@@ -74,6 +74,18 @@ def test_fp16_overflow_is_skipped_by_the_loss_scaler_not_counted_as_bad():
     assert any(not torch.equal(b, p) for b, p in zip(before, d.phi))
 
 
+def test_fp16_loss_scale_survives_a_checkpoint(tmp_path):
+    from metakd.checkpoint import load_checkpoint, save_checkpoint
+
+    d = _distiller("bert", "jvp", dtype=torch.float32, precision="fp16")
+    d.scaler.update(123.0)
+    save_checkpoint(tmp_path, d, {"train": [], "eval": []})
+    again = _distiller("bert", "jvp", dtype=torch.float32, precision="fp16")
+    assert again.scaler.get_scale() == 2.0 ** 16
+    load_checkpoint(tmp_path, again)
+    assert again.scaler.get_scale() == 123.0
+
+
 def test_fp16_loss_scale_leaves_the_meta_gradient_unchanged():
     """The loss scale multiplies the backward seeds and divides the gradients: with exact arithmetic
     (fp32 models, no autocast) the meta-gradient is the same at scale 1 and 1024."""
