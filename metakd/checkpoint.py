@@ -120,6 +120,9 @@ def save_checkpoint(directory: str | Path, distiller: Any, history: dict[str, li
             "config": distiller.config.to_dict(), "optimizers": {"student": meta_s, "teacher": meta_t},
             "counters": {k: getattr(distiller, k) for k in ("skipped_steps", "bad_in_a_row") if hasattr(distiller, k)},
             "history": history, "data": data, "schedulers": scheduler_state(distiller)}
+    scaler = getattr(distiller, "scaler", None)
+    if scaler is not None and scaler.is_enabled():  # fp16: the loss scale and its growth tracker
+        meta["scaler"] = {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in scaler.state_dict().items()}
     with atomic_directory(directory) as tmp:
         save_file(tensors, str(tmp / STATE_FILE), metadata={"format": FORMAT})
         meta["sha256"] = _sha256(tmp / STATE_FILE)
@@ -227,6 +230,8 @@ def load_checkpoint(directory: str | Path, distiller: Any, data: dict[str, Any] 
     _load_optimizer("optim_student", distiller.student_optimizer, meta["optimizers"]["student"], tensors)
     _load_optimizer("optim_teacher", distiller.teacher_optimizer, meta["optimizers"]["teacher"], tensors)
     _load_schedulers(distiller, meta.get("schedulers"), directory)
+    if meta.get("scaler") and getattr(distiller, "scaler", None) is not None and distiller.scaler.is_enabled():
+        distiller.scaler.load_state_dict(meta["scaler"])
     distiller.steps_done = int(meta["steps_done"])
     for key, value in meta.get("counters", {}).items():
         setattr(distiller, key, value)

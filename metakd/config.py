@@ -20,6 +20,8 @@ OPTIMIZERS = ("adamw", "sgd")
 PILOT_OPTIMIZERS = ("sgd", "adam")
 FD_SCHEMES = ("central", "forward")
 LR_SCHEDULES = ("constant", "linear", "cosine")
+PRECISIONS = ("fp32", "bf16", "fp16")
+REPORT_TO = ("tensorboard",)
 
 
 class ConfigError(ValueError):
@@ -170,7 +172,15 @@ class DistillConfig:
     """Write a checkpoint every k steps (``fit(checkpoint_dir=...)``; run files: OUTPUT/checkpoint).
     One is written at the end and on SIGTERM/SIGINT too; None: only those."""
     progress: bool = True
-    """Show tqdm progress bars."""
+    """Show tqdm progress bars (with an ETA)."""
+    precision: str = "fp32"
+    """Compute precision of every forward pass (teacher forward, pilot, quiz, directional derivative,
+    student step): "fp32", or "bf16"/"fp16" through ``torch.autocast`` with the weights kept as loaded
+    (fp32 master weights for fp32 models) and losses in fp32; "fp16" adds a ``torch.amp.GradScaler``
+    (loss scaling). See ``metakd.precision``."""
+    report_to: str | None = None
+    """"tensorboard": also write each step's scalars as TensorBoard events (``fit(log_dir=...)``;
+    run files: OUTPUT/tensorboard; needs the ``tensorboard`` extra). None: only OUTPUT/log.jsonl."""
 
     def __post_init__(self) -> None:
         if self.feature_layers is not None:
@@ -205,6 +215,9 @@ class DistillConfig:
         _choice("pilot_optimizer", self.pilot_optimizer, PILOT_OPTIMIZERS)
         _choice("student_optimizer", self.student_optimizer, OPTIMIZERS)
         _choice("teacher_optimizer", self.teacher_optimizer, OPTIMIZERS)
+        _choice("precision", self.precision, PRECISIONS)
+        if self.report_to is not None:
+            _choice("report_to", self.report_to, REPORT_TO)
         _positive("temperature", self.temperature)
         _positive("pilot_lr", self.pilot_lr)
         _positive("fd_epsilon", self.fd_epsilon)

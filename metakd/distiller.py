@@ -17,6 +17,7 @@ from .config import DistillConfig
 from .distributed import Dist
 from .forward import blocks_path
 from .meta_step import MetaStepMixin, NumericalError
+from .precision import check_precision
 from .models import (ModelError, attach_lora, attach_student_lora, count_parameters, find_layer_list, has_lora,
                      meta_parameters, use_eager_attention)
 from .objective import DistillStudent, Objective
@@ -123,6 +124,8 @@ class MetaDistiller(MetaStepMixin, TrainingLoopMixin):
         if device is None and self.dist.distributed:
             device = self.dist.device  # one GPU per process (or the CPU)
         self.device = torch.device(device) if device is not None else next(student.parameters()).device
+        for model in (teacher, student):  # before any adapter is attached: a bad precision fails fast
+            check_precision(cfg.precision, self.device, next(model.parameters()).dtype)
         self.vocab_size = None
         if cfg.task == "causal_lm":
             for name, model in (("teacher", teacher), ("student", student)):

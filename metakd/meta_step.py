@@ -16,6 +16,7 @@ from .forward import Outputs, checkpointed_blocks, model_inputs, run, to_device
 from .metagrad import MetaProblem, MetaResult, meta_gradient
 from .metagrad.base import NullTimer
 from .trunk import FrozenTrunk, TrunkOutput, first_rows
+from .precision import autocast
 
 log = logging.getLogger("metakd.distiller")
 
@@ -64,11 +65,15 @@ class MetaStepMixin:
     def timer(self, value: Any) -> None:
         self._timer = value if value is not None else NullTimer()
 
+    def autocast(self) -> Any:
+        """The ``precision`` setting's autocast context on this device (every forward pass enters it)."""
+        return autocast(self.device, self.config.precision)
+
     def teacher_outputs(self, batch: Mapping[str, Any], checkpointed: bool = False) -> Outputs:
         """Teacher logits and the hidden states the feature loss reads; with ``checkpointed`` the
         blocks keep only their inputs for the backward (see ``teacher_checkpointing``)."""
         layers = set(self.objective.feature_layers.values())
-        with self.timer.phase("teacher_forward"):
+        with self.timer.phase("teacher_forward"), self.autocast():
             if checkpointed and torch.is_grad_enabled():
                 with checkpointed_blocks(self.teacher, self.teacher_blocks, only=self.teacher_layers):
                     return run(self.teacher, model_inputs(batch, "teacher"), self.teacher_blocks, layers)
@@ -123,17 +128,23 @@ class MetaStepMixin:
         with torch.no_grad():
             t_out = self.teacher_outputs(batch)
         with self.timer.phase("student_step"):
-            loss = self.objective.inner(self._student(batch), t_out, batch)
+            with self.autocast():
+                loss = self.objective.inner(self._student(batch), t_out, batch)
             self.student_optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # also for a NaN/inf loss: every step runs the same backward
+            self.scaler.scale(loss).backward()  # also for a NaN/inf loss: every step runs the same backward
             loss = self._average_student_grads(loss)  # data-parallel: the global batch's gradient and loss
+            self.scaler.unscale_(self.student_optimizer)  # fp16: the true gradients (else a no-op)
             value = float(loss.detach())
             bad = _non_finite([("student loss", value), ("student gradient", [p.grad for p in self.student_params])])
-            if bad:  # skip: never step on a NaN/inf loss or gradient
+            if bad == ("student gradient",) and self.scaler.is_enabled():
+                self._overflow = True  # fp16 loss scale too high: the scaler skips the step and lowers it
+                self.scaler.step(self.student_optimizer)
+            elif bad:  # skip: never step on a NaN/inf loss or gradient
                 self._step_bad += bad
                 self.student_optimizer.zero_grad(set_to_none=True)
             else:
-                self.student_optimizer.step()
+                self.scaler.step(self.student_optimizer)
+            self.scaler.update()
         return value
 
     def meta_batch(self, batch: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -153,6 +164,22 @@ class MetaStepMixin:
 
     def _reusing_trunk(self, trunk: TrunkOutput | None) -> ContextManager[None]:
         return nullcontext() if trunk is None else self.trunk.reused(trunk)
+
+    # ------------------------------------------------------------------ fp16 loss scaling
+    _overflow: bool = False  # this step's fp16 gradients overflowed at the current loss scale
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler:
+        """The fp16 ``GradScaler`` (disabled, a pass-through, for fp32 and bf16)."""
+        if getattr(self, "_scaler", None) is None:
+            from .precision import make_scaler
+
+            self._scaler = make_scaler(self.device, self.config.precision)
+        return self._scaler
+
+    def _loss_scale(self) -> float:
+        return float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
+
 
     def meta_gradient(self, batch: Mapping[str, Any], quiz_batch: Mapping[str, Any],
                       trunk: TrunkOutput | None = None) -> MetaResult:
@@ -178,6 +205,7 @@ class MetaStepMixin:
                 pilot_lr=cfg.pilot_lr, unroll_steps=cfg.unroll_steps, pilot_optimizer=cfg.pilot_optimizer,
                 fd_epsilon=cfg.fd_epsilon, fd_scheme=cfg.fd_scheme, timer=self.timer,
                 reduce=self.dist.all_reduce_mean if self.dist.distributed else None,
+                autocast=self.autocast, loss_scale=self._loss_scale(),
             ))
 
     def _meta_update(self, batch: Mapping[str, Any], quiz_batch: Mapping[str, Any]) -> dict[str, float]:
@@ -187,6 +215,14 @@ class MetaStepMixin:
         result = self.meta_gradient(batch, quiz_batch, trunk)
         bad = _non_finite([("inner loss", result.inner_loss), ("pilot gradient", result.pilot_grads),
                            ("quiz loss", result.quiz_loss), ("meta-gradient", result.phi_grads)])
+        if (bad and self.scaler.is_enabled() and "inner loss" not in bad
+                and ("pilot gradient" in bad or "quiz loss" not in bad)):
+            # fp16: a finite loss whose (scaled) gradient overflowed (a NaN quiz loss then follows from an
+            # inf pilot gradient): the loss scale is too high. Skip the step and lower the scale.
+            self._overflow = True
+            self.scaler.update(self._loss_scale() * self.scaler.get_backoff_factor())
+            return {"inner_loss": result.inner_loss, "quiz_loss": result.quiz_loss, "teacher_grad_norm": math.nan,
+                    "student_loss": result.inner_loss}
         if bad:  # skip the whole step before anything is applied: neither the teacher nor the student moves
             self._step_bad += bad
             return {"inner_loss": result.inner_loss, "quiz_loss": result.quiz_loss, "teacher_grad_norm": math.nan,
@@ -227,7 +263,14 @@ class MetaStepMixin:
         """Count, log and mark (``metrics["skipped"]``) a step whose update was skipped for a NaN/inf
         loss or gradient; raise NumericalError when ``max_bad_steps`` are bad in a row."""
         bad, self._step_bad = self._step_bad, ()
-        metrics["skipped"] = float(bool(bad))
+        overflow, self._overflow = self._overflow, False
+        metrics["skipped"] = float(bool(bad) or overflow)
+        if self.scaler.is_enabled():
+            metrics["loss_scale"] = self._loss_scale()
+        if overflow and not bad:  # fp16 loss-scale overflow: skipped by the scaler, not a numerical fault
+            log.info("step %d skipped: fp16 gradients overflowed; loss scale lowered to %g", int(metrics["step"]),
+                     self._loss_scale())
+            return
         if not bad:
             self.bad_in_a_row, self._streak_bad = 0, ()
             return

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from . import losses
 from .forward import Outputs, blocks_path, model_inputs, run, shares_inputs
+from .precision import upcast
 
 
 class DistillStudent(nn.Module):
@@ -63,7 +64,9 @@ class Objective:
         self.feature_weight = feature_weight if self.feature_layers else 0.0
 
     def _logits(self, out: Outputs) -> Tensor:
-        return out.logits if self.vocab_size is None else out.logits[..., : self.vocab_size]
+        """The logits the losses read, in float32 when the model ran in half precision."""
+        logits = upcast(out.logits)
+        return logits if self.vocab_size is None else logits[..., : self.vocab_size]
 
     def inner(self, student: Outputs, teacher: Outputs, batch: Mapping[str, Any]) -> Tensor:
         if self.task == "causal_lm":
@@ -72,7 +75,7 @@ class Objective:
                                         mask=model_inputs(batch, "student").get("attention_mask"),
                                         chunk_size=self.lm_chunk_size)
         else:
-            loss = losses.kd_loss(student.logits, teacher.logits, batch["labels"], self.temperature, self.alpha,
+            loss = losses.kd_loss(self._logits(student), self._logits(teacher), batch["labels"], self.temperature, self.alpha,
                                   self.divergence, self.jsd_beta)
         if self.feature_weight > 0:
             loss = loss + self.feature_weight * self.feature(student, teacher, batch)
@@ -84,7 +87,7 @@ class Objective:
         shared = shares_inputs(batch)
         terms = []
         for s_layer, t_layer in self.feature_layers.items():
-            hs, ht = student.hidden[s_layer], teacher.hidden[t_layer]
+            hs, ht = upcast(student.hidden[s_layer]), upcast(teacher.hidden[t_layer])
             s_mask = model_inputs(batch, "student").get("attention_mask")
             t_mask = model_inputs(batch, "teacher").get("attention_mask")
             if shared:
@@ -98,5 +101,5 @@ class Objective:
     def quiz(self, student: Outputs, batch: Mapping[str, Any]) -> Tensor:
         """Hard-label CE of the student on the quiz batch (next-token CE for a causal LM)."""
         if self.task == "causal_lm":
-            return losses.next_token_ce(student.logits, batch["labels"], self.lm_chunk_size)
-        return losses.hard_ce(student.logits, batch["labels"])
+            return losses.next_token_ce(upcast(student.logits), batch["labels"], self.lm_chunk_size)
+        return losses.hard_ce(upcast(student.logits), batch["labels"])

@@ -51,6 +51,9 @@ class RunConfig:
     teacher_bits: int | None = None
     """4 or 8: load the teacher quantized (bitsandbytes); the meta-update must then be "lora"."""
     teacher_quant_type: str = "nf4"
+    teacher_dtype: str | None = None
+    """"fp32", "bf16" or "fp16": load the (unquantized) teacher's weights in this dtype (e.g.
+    ``--set teacher_dtype=bf16`` halves an LLM teacher's memory); None: float32."""
     teacher_config: dict[str, Any] = field(default_factory=dict)
     """new:ARCH teachers: config fields (e.g. n_layer, n_embd, n_head) and tokenizer_vocab."""
     finetune: dict[str, Any] = field(default_factory=dict)
@@ -97,6 +100,12 @@ class RunConfig:
         if isinstance(self.generation_tokens, bool) or not isinstance(self.generation_tokens, int) \
                 or self.generation_tokens < 1:
             raise ConfigError(f"generation_tokens must be a positive integer, got {self.generation_tokens!r}")
+        from .precision import parse_dtype
+
+        parse_dtype(self.teacher_dtype)  # a clear error for a bad name, before anything loads
+        if self.teacher_dtype is not None and self.teacher_bits:
+            raise ConfigError("teacher_dtype and teacher_bits both set the teacher's weights; use one "
+                              "(a quantized teacher computes in its own compute dtype)")
         if self.teacher_quant_type not in ("nf4", "fp4"):
             raise ConfigError(f"teacher_quant_type must be 'nf4' or 'fp4', got {self.teacher_quant_type!r}")
         for name in ("n_train", "n_eval"):
@@ -351,9 +360,12 @@ def load_teacher(run: RunConfig, num_labels: int | None, source: str | None = No
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         return model, tokenizer
+    from .precision import parse_dtype
+
+    dtype = parse_dtype(run.teacher_dtype) or torch.float32
     if run.task == "causal_lm":
-        return load_causal_lm(source)
-    return load_classifier(source, num_labels)
+        return load_causal_lm(source, dtype=dtype)
+    return load_classifier(source, num_labels, dtype=dtype)
 
 
 def build_student(run: RunConfig, teacher, teacher_tokenizer, num_labels: int | None):
@@ -362,12 +374,14 @@ def build_student(run: RunConfig, teacher, teacher_tokenizer, num_labels: int | 
 
     spec = run.student
     kind = spec.partition(":")[0]
+    # a student cut from a bf16/fp16 teacher (teacher_dtype) trains in float32: fp32 master weights
+    fp32 = (lambda m: m.to(torch.float32)) if run.teacher_dtype not in (None, "fp32") else (lambda m: m)
     if kind == "layers":
-        return student_from_teacher(teacher, _student_layers(spec)), None
+        return fp32(student_from_teacher(teacher, _student_layers(spec))), None
     if spec == "alternate" or kind in ("first", "last"):
-        return student_from_teacher(teacher, spec), None
+        return fp32(student_from_teacher(teacher, spec)), None
     if kind == "random":
-        return random_student(teacher, seed=run.distill.seed, **_student_changes(spec)), None
+        return fp32(random_student(teacher, seed=run.distill.seed, **_student_changes(spec))), None
     model, tokenizer = (load_causal_lm(spec) if run.task == "causal_lm" else load_classifier(spec, num_labels))
     if run.task == "causal_lm":
         from .vocab import check_tokenizers
@@ -493,6 +507,9 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False) -> dict
     progress = progress and dist.is_main
     cfg = run.distill.replace(progress=progress and run.distill.progress)
     check_run(run)
+    from .step_log import check_report_to
+
+    check_report_to(cfg.report_to)  # a missing tensorboard fails before anything loads
     if run.teacher.startswith("new:") and not (run.teacher_dir / "config.json").is_file():
         raise ConfigError(f"teacher {run.teacher!r} is trained from scratch: run `metakd finetune-teacher` first "
                           f"(it saves to {run.teacher_dir})")
@@ -518,7 +535,7 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False) -> dict
     teacher_before = d.evaluate(encoded["eval"], model="teacher")
     with measure(energy=EnergyMeter()) as m:
         history = d.fit(encoded["train"], eval_data=encoded["eval"], checkpoint_dir=Path(run.output) / "checkpoint",
-                        resume=resume)
+                        resume=resume, log_dir=run.output)
     result: dict[str, Any] = {
         "run": run.to_dict(), "student": history["eval"][-1], "teacher_before": teacher_before,
         # plain KD leaves the teacher as it was: no second evaluation

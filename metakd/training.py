@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 from . import data as data_mod
 from .evaluate import evaluate_model
 from .schedules import attach_schedulers, current_lrs, step_schedulers
+from .step_log import StepLog, format_eta
 
 log = logging.getLogger("metakd.distiller")
 
@@ -33,6 +35,15 @@ def best_validation(history: dict[str, list], task: str = "classification") -> d
         best = min(points, key=lambda p: (-p["accuracy"], p["step"]))
     at = next((e for e in history.get("eval", []) if e["step"] == best["step"]), None)
     return {"step": best["step"], "validation": best, "eval": at}
+
+
+@contextmanager
+def _closing(steplog: StepLog | None) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if steplog is not None:
+            steplog.close()
 
 
 class TrainingLoopMixin:
@@ -65,7 +76,7 @@ class TrainingLoopMixin:
 
     def fit(self, train_data: Any, quiz_data: Any = None, eval_data: Any = None,
             checkpoint_dir: str | Path | None = None, resume: bool = False,
-            validation_data: Any = None) -> dict[str, Any]:
+            validation_data: Any = None, log_dir: str | Path | None = None) -> dict[str, Any]:
         """Train for ``epochs`` (or ``max_steps``). Data sets are sequences of encoded examples
         (see ``metakd.data.encode``) or DataLoaders of collated batches. When ``quiz_data`` is
         None a quiz split of ``quiz_fraction`` is carved from ``train_data`` by seed, in every
@@ -84,6 +95,10 @@ class TrainingLoopMixin:
         ``TrainingInterrupted`` is raised after the step in progress). ``resume=True`` continues
         from the checkpoint there (from the start when there is none); on CPU the result is bit
         for bit the one of an uninterrupted run.
+
+        With ``log_dir`` each step's scalars go to ``log_dir/log.jsonl`` (and TensorBoard events to
+        ``log_dir/tensorboard`` with ``report_to="tensorboard"``; ``metakd.step_log``), and the
+        progress bar shows an ETA from the mean step time.
         """
         from . import checkpoint as ckpt
 
@@ -135,8 +150,9 @@ class TrainingLoopMixin:
             else:
                 log.warning("no checkpoint in %s: starting from the beginning", checkpoint_dir)
         done = replay
+        steplog = self._step_log(log_dir, total, replay if resume else None)
         bar = tqdm(total=total, initial=done, desc=f"distil ({cfg.meta_update})", disable=not cfg.progress, leave=False)
-        with ckpt.StopSignals(enabled=checkpoint_dir is not None) as stop:
+        with ckpt.StopSignals(enabled=checkpoint_dir is not None) as stop, _closing(steplog):
             for _epoch in range(max(cfg.epochs, math.ceil(total / max(steps_per_epoch, 1)))):
                 for batch in train_loader:
                     if replay:  # the batches the checkpointed steps took: the seeded loaders are replayed
@@ -149,13 +165,17 @@ class TrainingLoopMixin:
                     if done >= total:
                         break
                     lrs = current_lrs(self)  # the rates this step uses
+                    if steplog is not None:
+                        steplog.begin()
                     metrics = self.step(batch, next(quiz_iter) if quiz_iter is not None else None)
                     metrics.update(lrs)
-                    step_schedulers(self)
                     history["train"].append(metrics)
                     done += 1
                     bar.update(1)
-                    bar.set_postfix(loss=f"{metrics['student_loss']:.3f}")
+                    line = self._log_step(steplog, metrics, done)  # before the schedules move: this step's rates
+                    step_schedulers(self)
+                    bar.set_postfix(loss=f"{metrics['student_loss']:.3f}",
+                                    **({"eta": format_eta(line["eta_seconds"])} if line else {}))
                     if cfg.eval_every and done % cfg.eval_every == 0 and done < total:
                         self._evaluate_point(done, history, eval_data, validation_data, tracker)
                     stopping = self._agreed_stop(stop.signal) if checkpoint_dir is not None else None
@@ -187,6 +207,19 @@ class TrainingLoopMixin:
             history["eval"].append(point)
         if validation_data is not None:
             history["validation"].append({"step": step, **self.evaluate(validation_data)})
+
+
+    def _step_log(self, log_dir: str | Path | None, total: int, resume_step: int | None) -> StepLog | None:
+        """The step log of this run in ``log_dir`` (the main process only); None without one."""
+        dist = getattr(self, "dist", None)
+        if log_dir is None or (dist is not None and not dist.is_main):
+            return None
+        return StepLog(log_dir, self.device, total, self.config.report_to, resume_step)
+
+    def _log_step(self, steplog: StepLog | None, metrics: dict[str, float], done: int) -> dict | None:
+        if steplog is None:
+            return None
+        return steplog.end(metrics, {"student": self.student_optimizer, "teacher": self.teacher_optimizer}, done)
 
     def _agreed_stop(self, signal_name: str | None) -> str | None:
         """The stop signal, agreed by all processes: one that got a signal stops them all after the

@@ -74,7 +74,8 @@ finetune: {{epochs: 1, max_steps: 2, batch_size: 8}}
 output: {tmp_path / "out"}
 distill: {{meta_update: lora, max_steps: 2, batch_size: 8, max_length: 16, progress: false}}
 """)
-    ds = _metakd("distill", str(run), "--no-progress", "--set", "distill.meta_update=full", tmp_path=tmp_path)
+    ds = _metakd("distill", str(run), "--no-progress", "--set", "distill.meta_update=full",
+                 "--set", "distill.precision=bf16", "--set", "distill.report_to=tensorboard", tmp_path=tmp_path)
     assert ds.returncode == 0, ds.stderr[-3000:]
     # the embedded encoder has no trained head: distill fine-tunes it first and saves it for reuse
     assert "classification head is untrained" in ds.stderr
@@ -84,6 +85,10 @@ distill: {{meta_update: lora, max_steps: 2, batch_size: 8, max_length: 16, progr
     assert metrics["label_names"] == ["neg", "pos"]
     assert 0.0 <= metrics["student"]["accuracy"] <= 1.0
     assert (tmp_path / "out" / "distilled" / "teacher" / "model.safetensors").is_file()
+    assert metrics["run"]["distill"]["precision"] == "bf16"
+    log = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in log] == [0, 1] and all(line["teacher_grad_norm"] > 0 for line in log)
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "out" / "tensorboard").iterdir())
 
 
 def test_bad_run_file_fails_without_traceback(tmp_path):

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ..forward import Outputs
 from ..objective import DistillStudent, Objective
+from ..precision import upcast
 
 
 class NullTimer:
@@ -50,6 +51,12 @@ class MetaProblem:
     """Data-parallel runs: the mean over processes of a list of tensors (``Dist.all_reduce_mean``),
     applied to the pilot gradient, the quiz gradient g and the meta-gradient (and their losses),
     so each process's shard of the batches adds up to the global batch's result. None: one process."""
+    autocast: Callable[[], ContextManager[Any]] = nullcontext
+    """A fresh mixed-precision context (``precision.autocast``) entered around every student forward
+    and loss of the backend; the backwards run outside it. ``nullcontext``: the weights' precision."""
+    loss_scale: float = 1.0
+    """fp16 loss scaling (a GradScaler's scale): the seeds of the pilot, quiz and teacher backwards are
+    multiplied by it and their gradients divided by it, so small fp16 gradients do not underflow."""
 
 
 @dataclass
@@ -82,9 +89,10 @@ def output_tensors(out: Outputs) -> list[Tensor]:
 
 def detached_outputs(out: Outputs) -> Outputs:
     """A copy of ``out`` whose tensors are fresh leaves that require grad: the student side of a
-    backend differentiates with respect to these, the teacher side is one backward later."""
-    return Outputs(out.logits.detach().requires_grad_(True),
-                   {k: v.detach().requires_grad_(True) for k, v in out.hidden.items()})
+    backend differentiates with respect to these, the teacher side is one backward later. Half
+    precision outputs become float32 leaves (their gradients would underflow in float16)."""
+    return Outputs(upcast(out.logits.detach()).requires_grad_(True),
+                   {k: upcast(v.detach()).requires_grad_(True) for k, v in out.hidden.items()})
 
 
 def teacher_backward(problem: MetaProblem, z_grads: list[Tensor | None]) -> list[Tensor]:
@@ -94,8 +102,20 @@ def teacher_backward(problem: MetaProblem, z_grads: list[Tensor | None]) -> list
                  if g is not None and t.requires_grad]
         if not pairs:
             return reduced(problem, [torch.zeros_like(p) for p in problem.phi])  # every process joins the reduce
-        grads = torch.autograd.grad([t for t, _ in pairs], problem.phi, [g for _, g in pairs], allow_unused=True)
-        return reduced(problem, [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, problem.phi)])
+        scale = problem.loss_scale
+        grads = torch.autograd.grad([t for t, _ in pairs], problem.phi,
+                                    [(g * scale if scale != 1.0 else g).to(t.dtype) for t, g in pairs],
+                                    allow_unused=True)
+        return reduced(problem, [_unscale(g, scale) if g is not None else torch.zeros_like(p)
+                                 for g, p in zip(grads, problem.phi)])
+
+
+def _scaled(loss: Tensor, scale: float) -> Tensor:
+    return loss * scale if scale != 1.0 else loss
+
+
+def _unscale(grad: Tensor, scale: float) -> Tensor:
+    return grad / scale if scale != 1.0 else grad
 
 
 # ---------------------------------------------------------------------------- student side
@@ -154,10 +174,12 @@ def pilot_gradient_with_outputs(problem: MetaProblem, teacher: Outputs, keep_out
     unless ``keep_outputs``): a later pass at θ with the same dropout masks need not rerun."""
     with problem.timer.phase("pilot"):
         rng = RngReplay(problem)
-        student = problem.student(problem.batch)
-        inner = problem.objective.inner(student, teacher, problem.batch)
-        grads = torch.autograd.grad(inner, problem.params, allow_unused=True)
-        grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, problem.params)]
+        with problem.autocast():
+            student = problem.student(problem.batch)
+            inner = problem.objective.inner(student, teacher, problem.batch)
+        grads = torch.autograd.grad(_scaled(inner, problem.loss_scale), problem.params, allow_unused=True)
+        grads = [_unscale(g, problem.loss_scale) if g is not None else torch.zeros_like(p)
+                 for g, p in zip(grads, problem.params)]
         inner_value, grads = reduced_with_loss(problem, inner, grads)
         kept = (Outputs(student.logits.detach(), {k: v.detach() for k, v in student.hidden.items()})
                 if keep_outputs else None)
@@ -172,10 +194,12 @@ def quiz_gradient(problem: MetaProblem, names: list[str], pilot_grads: list[Tens
     with problem.timer.phase("quiz"):
         theta_prime = {n: (p.detach() - problem.pilot_lr * g).requires_grad_(True)
                        for n, p, g in zip(names, problem.params, pilot_grads)}
-        quiz = problem.objective.quiz(functional_call(problem.student, theta_prime, (problem.quiz_batch,)),
-                                      problem.quiz_batch)
-        g = torch.autograd.grad(quiz, list(theta_prime.values()), allow_unused=True)
-        g = [gi if gi is not None else torch.zeros_like(p) for gi, p in zip(g, problem.params)]
+        with problem.autocast():
+            quiz = problem.objective.quiz(functional_call(problem.student, theta_prime, (problem.quiz_batch,)),
+                                          problem.quiz_batch)
+        g = torch.autograd.grad(_scaled(quiz, problem.loss_scale), list(theta_prime.values()), allow_unused=True)
+        g = [_unscale(gi, problem.loss_scale) if gi is not None else torch.zeros_like(p)
+             for gi, p in zip(g, problem.params)]
         quiz_value, g = reduced_with_loss(problem, quiz, g)
     return quiz_value, g
 
@@ -185,7 +209,8 @@ def student_outputs(problem: MetaProblem, params: Mapping[str, Tensor]) -> tuple
     so that ``torch.func`` transforms can take it."""
     from torch.func import functional_call
 
-    out = functional_call(problem.student, dict(params), (problem.batch,))
+    with problem.autocast():
+        out = functional_call(problem.student, dict(params), (problem.batch,))
     return out.logits, out.hidden
 
 

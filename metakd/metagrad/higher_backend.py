@@ -70,12 +70,14 @@ def higher_meta_gradient(problem: MetaProblem) -> MetaResult:
         _allow_module_list_slices(fstudent)
         with problem.timer.phase("pilot"):
             for step in range(problem.unroll_steps):
-                inner = problem.objective.inner(fstudent(problem.batch), teacher, problem.batch)
+                with problem.autocast():
+                    inner = problem.objective.inner(fstudent(problem.batch), teacher, problem.batch)
                 if step == 0:
                     first["inner"] = float(inner.detach())
                 diffopt.step(inner, grad_callback=keep_first_grads)
         with problem.timer.phase("quiz"):
-            quiz = problem.objective.quiz(fstudent(problem.quiz_batch), problem.quiz_batch)
+            with problem.autocast():
+                quiz = problem.objective.quiz(fstudent(problem.quiz_batch), problem.quiz_batch)
         with problem.timer.phase("directional_derivative"):  # the backward through the unrolled pilot
             z_grads = list(torch.autograd.grad(quiz, output_tensors(teacher), allow_unused=True))
     return MetaResult(teacher_backward(problem, z_grads), first["inner"], float(quiz.detach()), first["grads"])
