@@ -41,10 +41,13 @@ class RunConfig:
     "alternate", "first:k", "last:k", or "random:key=value,..." (a re-sized random model of the
     teacher's architecture, e.g. random:num_hidden_layers=2,hidden_size=192,intermediate_size=768)."""
     task: str = "classification"
-    data: str = "embedded"
-    """A data spec of metakd.data: a file, a directory, a hub name ("glue/sst2"), or "embedded"."""
-    text_column: str | None = None
-    label_column: str | None = None
+    data: str | dict[str, str] = "embedded"
+    """A data spec of metakd.data: a file, a directory, {train: PATH, eval: PATH}, a hub name
+    ("glue/sst2"), or "embedded" (README: "Describing your data")."""
+    text_column: str | int | list | None = None
+    label_column: str | int | None = None
+    header: bool | None = None
+    """Delimited files: whether the first row is a header (null: decided from evidence, reported)."""
     n_train: int | None = None
     """A seeded subset of the training split (None: all); the quiz split is carved from it."""
     n_eval: int | None = None
@@ -65,7 +68,15 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ConfigError(f"task must be one of {', '.join(map(repr, TASKS))}; got {self.task!r}")
-        for name in ("teacher", "student", "data", "output"):
+        if isinstance(self.data, dict):
+            if self.task == "causal_lm":
+                raise ConfigError("causal_lm data is one corpus (a file, directory or hub name), not {train, eval}")
+            if set(self.data) != {"train", "eval"} or not all(isinstance(v, str) and v.strip()
+                                                              for v in self.data.values()):
+                raise ConfigError(f"data as a mapping names two files, {{train: PATH, eval: PATH}}; got {self.data!r}")
+        if self.header is not None and not isinstance(self.header, bool):
+            raise ConfigError(f"header must be true, false or null (decided from the file), got {self.header!r}")
+        for name in ("teacher", "student", "output") + (() if isinstance(self.data, dict) else ("data",)):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
@@ -384,7 +395,7 @@ def load_data(run: RunConfig, seed: int | None = None) -> dict[str, Any]:
     if run.task == "causal_lm":
         return data_mod.load_lm_corpus(run.data, seed=seed)
     return data_mod.load_task(run.data, run.n_train, run.n_eval, seed, text_column=run.text_column,
-                              label_column=run.label_column)
+                              label_column=run.label_column, header=run.header, report=_log)
 
 
 def encode_splits(run: RunConfig, splits: dict[str, Any], tokenizer, student_tokenizer=None) -> dict[str, Any]:
