@@ -62,6 +62,30 @@ def matthews_correlation(confusion: Tensor) -> float:
     return float(cov / denominator) if float(denominator) > 0 else 0.0
 
 
+def majority_rate(labels: Iterable[int]) -> float:
+    """The accuracy of always predicting the most frequent label."""
+    counts: dict[int, int] = {}
+    for y in labels:
+        counts[int(y)] = counts.get(int(y), 0) + 1
+    if not counts:
+        raise ValueError("no labels")
+    return max(counts.values()) / sum(counts.values())
+
+
+def collapse_warning(scores: Mapping[str, float], labels: Iterable[int], role: str = "teacher",
+                     margin: float = 0.01) -> str | None:
+    """A warning when a classifier's accuracy is within ``margin`` of the majority-class rate (it
+    learned nothing beyond the class prior: often every prediction is one class); else None."""
+    rate = majority_rate(labels)
+    accuracy = float(scores["accuracy"])
+    if accuracy > rate + margin:
+        return None
+    return (f"the {role} is no better than predicting the majority class (accuracy {accuracy:.3f}, majority-class "
+            f"rate {rate:.3f}, macro recall {float(scores.get('recall', float('nan'))):.3f}): its soft labels carry "
+            "little; fine-tune it longer (finetune.epochs, finetune.max_steps), try another finetune.lr (e.g. 2e-5 "
+            "or 1e-4), or give it more data (finetune.n_train)")
+
+
 @torch.no_grad()
 def evaluate_classifier(forward: Callable[[Mapping[str, Any]], Tensor], batches: Iterable[Mapping[str, Any]],
                         num_classes: int | None = None,
