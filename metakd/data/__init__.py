@@ -24,10 +24,10 @@ from .hub import EVAL_SPLITS
 from .labels import Example, Text, check_labels, infer_num_labels
 from .lm import LM_CORPORA, LM_SPLITS, LM_SUFFIXES, HubCorpus, load_lm_corpus, paragraphs, wikitext_articles
 from .splits import split_validation, text_key
-from .tasks import HUB_TASKS, HubTask, load_task
+from .tasks import EVAL_FILES, HUB_TASKS, HubTask, load_task
 
 __all__ = [
-    "CLASSIFICATION_SUFFIXES", "EVAL_SPLITS", "HUB_TASKS", "LABEL_COLUMNS", "LM_CORPORA", "LM_SPLITS",
+    "CLASSIFICATION_SUFFIXES", "EVAL_FILES", "EVAL_SPLITS", "HUB_TASKS", "LABEL_COLUMNS", "LM_CORPORA", "LM_SPLITS",
     "LM_SUFFIXES", "PAIR_COLUMNS", "TEXT_COLUMNS",
     "ColumnSpec", "DataError", "EncodedDataset", "Example", "HubCorpus", "HubTask", "Text",
     "check_labels", "encode", "encode_lm", "infer_num_labels", "labels_of", "load_lm_corpus", "load_task",
