@@ -127,14 +127,16 @@ class DistillConfig:
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
-    """Dropout on the adapters' input. The teacher's soft-label passes run in eval mode, so this
-    has effect only in passes that run in train mode."""
+    """Dropout on the teacher adapters' input (peft's ``lora_dropout``). It has no effect in metakd:
+    every teacher pass of a step (soft labels, the meta forward, ``pilot="restore"``) runs in eval mode,
+    where dropout is off. Kept for the adapters' own config (``teacher_adapters/``)."""
     lora_target_modules: list[str] | None = None
     """Module names that get LoRA adapters; None picks defaults for the architecture
     (peft's table, e.g. query/value for BERT, c_attn for GPT-2, else every Linear but the head)."""
     student_lora: bool = False
     """Train the student through LoRA adapters (plus its classification head) instead of every
-    weight: the LLM-Neo setting. Works in every meta mode and with every backend."""
+    weight: the LLM-Neo setting. Works in every meta mode; with a meta-update it needs
+    ``meta_grad="jvp"`` or ``"finite_diff"`` (``higher`` cannot patch peft's LoRA layers; refused)."""
     student_lora_r: int = 4
     student_lora_alpha: int = 8
     student_lora_target_modules: list[str] | None = None
