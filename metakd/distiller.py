@@ -22,6 +22,7 @@ from .models import (ModelError, attach_lora, attach_student_lora, count_paramet
                      meta_parameters, use_eager_attention)
 from .objective import DistillStudent, Objective
 from .quantization import check_meta_update, keep_differentiable
+from .rng import seeded
 from .sharing import structural_copy
 from .training import TrainingLoopMixin
 from .trunk import FrozenTrunk, resolve_teacher_layers
@@ -137,10 +138,18 @@ class MetaDistiller(MetaStepMixin, TrainingLoopMixin):
             if t_labels is not None and s_labels is not None and t_labels != s_labels:
                 raise ModelError(f"teacher has {t_labels} labels but the student has {s_labels}")
             self.num_labels = s_labels or t_labels
+        self.timer = timer
 
         # LoRA adapters and feature projections start from random weights: seed them by config,
-        # so a run is reproducible from its seed alone
-        torch.manual_seed(cfg.seed)
+        # so a run is reproducible from its seed alone, and leave the caller's RNG as it was
+        with seeded(cfg.seed, self.device):
+            self._build(teacher, student)
+        self._shuffle: dict[str, torch.Generator] | None = None  # rng.shuffle_generators, made by the first fit
+        self.steps_done = 0
+
+    def _build(self, teacher: nn.Module, student: nn.Module) -> None:
+        """Models (adapters, eager attention, feature projections), objective and optimizers."""
+        cfg = self.config
         teacher = structural_copy(teacher)  # the caller's teacher keeps its modules, flags and device
         self.teacher_layers = resolve_teacher_layers(cfg.teacher_layers, len(find_layer_list(teacher)[1]))
         if cfg.meta_update == "lora" and not has_lora(teacher):
@@ -154,7 +163,6 @@ class MetaDistiller(MetaStepMixin, TrainingLoopMixin):
         if cfg.meta_update != "none" and cfg.meta_grad in ("higher", "jvp"):
             # fused SDPA kernels have no double backward (higher) and no forward derivative (jvp)
             use_eager_attention(student)
-        self.timer = timer
 
         feature_layers = self._check_feature_layers(teacher, student, cfg.feature_layers or {})
         t_width, s_width = _hidden_width(self.teacher), _hidden_width(student)
@@ -177,7 +185,6 @@ class MetaDistiller(MetaStepMixin, TrainingLoopMixin):
                                                 cfg.weight_decay)
         self.teacher_optimizer = (make_optimizer(cfg.teacher_optimizer, self.phi, cfg.teacher_lr, cfg.weight_decay)
                                   if self.phi else None)
-        self.steps_done = 0
 
     # ------------------------------------------------------------------ the live models
     @property

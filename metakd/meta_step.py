@@ -17,6 +17,7 @@ from .metagrad import MetaProblem, MetaResult, meta_gradient
 from .metagrad.base import NullTimer
 from .trunk import FrozenTrunk, TrunkOutput, first_rows
 from .precision import autocast
+from .rng import seeded, step_seed
 
 log = logging.getLogger("metakd.distiller")
 
@@ -95,7 +96,14 @@ class MetaStepMixin:
 
     def step(self, batch: Mapping[str, Any], quiz_batch: Mapping[str, Any] | None = None) -> dict[str, float]:
         """One training step: a meta-step (pilot, quiz, teacher update, student update) when the
-        mode and ``meta_every`` call for one, else a plain KD step. Returns floats."""
+        mode and ``meta_every`` call for one, else a plain KD step. Returns floats.
+
+        Dropout draws from the global RNG seeded by ``metakd.rng.step_seed(seed, rank, step)``
+        (other masks in every step and process); the caller's RNG state is restored after."""
+        with seeded(step_seed(self.config.seed, self.dist.rank, self.steps_done), self.device):
+            return self._step(batch, quiz_batch)
+
+    def _step(self, batch: Mapping[str, Any], quiz_batch: Mapping[str, Any] | None) -> dict[str, float]:
         batch, quiz_batch = self.dist.shard(batch), self.dist.shard(quiz_batch)  # this process's rows
         cfg = self.config
         is_meta = cfg.meta_update != "none" and self.steps_done % cfg.meta_every == 0

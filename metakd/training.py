@@ -18,6 +18,7 @@ from . import data as data_mod
 from .evaluate import evaluate_model
 from .schedules import attach_schedulers, current_lrs, step_schedulers
 from .step_log import StepLog, format_eta
+from .rng import shuffle_generators
 
 log = logging.getLogger("metakd.distiller")
 
@@ -69,10 +70,18 @@ class TrainingLoopMixin:
         if self.num_labels is not None:
             data_mod.check_labels(dataset, self.num_labels, f"{what} data")
 
-    def _loader(self, data: Any, batch_size: int, shuffle: bool, seed: int) -> Iterable:
+    def _loader(self, data: Any, batch_size: int, generator: torch.Generator) -> Iterable:
+        """Shuffled batches of ``data`` drawn with ``generator`` (a DataLoader passes through)."""
         if isinstance(data, DataLoader):
             return data
-        return data_mod.loader(data, batch_size, data_mod.make_collator(self._pad_ids()), shuffle, seed)
+        return data_mod.loader(data, batch_size, data_mod.make_collator(self._pad_ids()), True, generator=generator)
+
+    def _shuffle_generators(self) -> dict[str, torch.Generator]:
+        """The generators that shuffle the training and quiz data (``metakd.rng``), made from the
+        config's seed by the first ``fit`` and continued by later ones."""
+        if getattr(self, "_shuffle", None) is None:
+            self._shuffle = shuffle_generators(self.config.seed)
+        return self._shuffle
 
     def fit(self, train_data: Any, quiz_data: Any = None, eval_data: Any = None,
             checkpoint_dir: str | Path | None = None, resume: bool = False,
@@ -99,11 +108,13 @@ class TrainingLoopMixin:
         With ``log_dir`` each step's scalars go to ``log_dir/log.jsonl`` (and TensorBoard events to
         ``log_dir/tensorboard`` with ``report_to="tensorboard"``; ``metakd.step_log``), and the
         progress bar shows an ETA from the mean step time.
+
+        The batches are shuffled with generators the distiller owns (a second ``fit`` draws other
+        batches) and dropout is seeded per step (``metakd.rng``): the global RNG is left as it was.
         """
         from . import checkpoint as ckpt
 
         cfg = self.config
-        torch.manual_seed(cfg.seed)
         if not isinstance(train_data, DataLoader):
             self._check_data(train_data, "training")
             if quiz_data is None:
@@ -123,8 +134,11 @@ class TrainingLoopMixin:
         if validation_data is not None and not isinstance(validation_data, DataLoader):
             self._check_data(validation_data, "validation")
 
-        train_loader = self._loader(train_data, cfg.batch_size, shuffle=True, seed=cfg.seed)
-        quiz_iter = (self._cycle(self._loader(quiz_data, cfg.quiz_batch_size or cfg.batch_size, True, cfg.seed + 1))
+        shuffle = self._shuffle_generators()
+        # where this fit starts: a checkpoint keeps it, so a resume replays the same batches
+        self._fit_start = {"step": self.steps_done, **{k: g.get_state() for k, g in shuffle.items()}}
+        train_loader = self._loader(train_data, cfg.batch_size, shuffle["train"])
+        quiz_iter = (self._cycle(self._loader(quiz_data, cfg.quiz_batch_size or cfg.batch_size, shuffle["quiz"]))
                      if quiz_data is not None and cfg.meta_update != "none" else None)
         steps_per_epoch = len(train_loader)
         total = steps_per_epoch * cfg.epochs
@@ -139,13 +153,16 @@ class TrainingLoopMixin:
             from .teacher_stats import TeacherTracker
 
             tracker = TeacherTracker(self, eval_data, cfg.track_teacher)  # the initial teacher: before a resume
-        replay, rng = 0, None
+        replay = 0
         self._data_fingerprint = ckpt.data_fingerprint(train_data) if checkpoint_dir is not None else None
         if checkpoint_dir is not None and resume:
             if ckpt.has_checkpoint(checkpoint_dir):
                 meta = ckpt.load_checkpoint(checkpoint_dir, self, self._data_fingerprint)
-                history, rng = meta["history"], meta["rng"]
-                replay = min(int(meta["steps_done"]), total)  # a shorter max_steps: nothing left to do
+                history, self._fit_start = meta["history"], meta["fit_start"]
+                for key, generator in shuffle.items():  # the loaders have not drawn yet
+                    generator.set_state(self._fit_start[key])
+                # a shorter max_steps: nothing left to do
+                replay = min(int(meta["steps_done"]) - self._fit_start["step"], total)
                 log.warning("resuming from the checkpoint in %s at step %d of %d", checkpoint_dir, replay, total)
             else:
                 log.warning("no checkpoint in %s: starting from the beginning", checkpoint_dir)
@@ -159,8 +176,6 @@ class TrainingLoopMixin:
                         replay -= 1
                         if quiz_iter is not None:
                             next(quiz_iter)
-                        if not replay:
-                            ckpt.restore_rng(rng)
                         continue
                     if done >= total:
                         break

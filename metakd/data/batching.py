@@ -95,6 +95,12 @@ def labels_of(dataset: Sequence) -> list[int]:
     return _labels_in(dataset)
 
 
-def loader(dataset: Sequence, batch_size: int, collate: Callable, shuffle: bool, seed: int = 0) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
+def loader(dataset: Sequence, batch_size: int, collate: Callable, shuffle: bool, seed: int = 0,
+           generator: torch.Generator | None = None) -> DataLoader:
+    """A DataLoader of collated batches; with ``shuffle`` each pass draws its order from
+    ``generator`` (advancing it), or from a fresh generator seeded by ``seed``."""
+    if shuffle and generator is None:
+        generator = torch.Generator().manual_seed(seed)
+    elif not shuffle:
+        generator = None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
