@@ -37,3 +37,18 @@ def test_configurations_follow_the_modes_and_comparisons_name_them():
                                                      ("none", {"meta_update": "none"})]
     keys = {c.key for c in configurations(parse_args([]))}
     assert all(a in keys and b in keys for a, b in COMPARISONS)
+
+
+def test_data_auto_takes_the_projects_sst2_when_it_is_there(tmp_path, monkeypatch):
+    from metakd.bench import meta_update
+
+    monkeypatch.setattr(meta_update, "SHARED_SST2", tmp_path / "sst2")
+    data, note = meta_update.resolve_data("auto", quick=False)
+    assert data == "embedded" and "not there" in note and "glue/sst2" in note
+    (tmp_path / "sst2").mkdir()
+    for name in ("train.tsv", "dev.tsv"):
+        (tmp_path / "sst2" / name).write_text("sentence\tlabel\nfine film \t1\n")
+    assert meta_update.resolve_data("auto", quick=False) == (str(tmp_path / "sst2"), f"--data auto: SST-2 from {tmp_path / 'sst2'}")
+    assert meta_update.resolve_data("auto", quick=True) == ("embedded", None)
+    assert meta_update.resolve_data("glue/sst2", quick=False) == ("glue/sst2", None)
+    assert parse_args(["--data", str(tmp_path / "x.tsv")]).data == str(tmp_path / "x.tsv")
