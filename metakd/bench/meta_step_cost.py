@@ -4,7 +4,7 @@ same batches, interleaved step by step in one process. Prints tables and writes
 results/meta_step_cost.{json,md}.
 
     metakd bench meta-step-cost [--quick] [--rounds N] [--teacher-layers all,top:2] [--meta-batch-size M]
-                                [--backend jvp] [--out results]
+                                [--quiz-batch-size Q] [--backend jvp] [--out results]
 
 Every configuration gets its own distiller built from the same teacher and student weights; each
 round runs one step of every configuration (in an order rotated every round) on the round's batch,
@@ -32,6 +32,7 @@ from ..config import DistillConfig, check_teacher_layers
 from ..distiller import MetaDistiller
 from ..models import find_layer_list, student_from_teacher, use_eager_attention
 from ..telemetry import PhaseTimer, fmt_bytes
+from ..trunk import first_rows
 from .meta_grad import PHASE_LABELS, PHASES, _teacher, make_batches
 from .report import markdown_table, print_report, settings_from_args, write_results
 
@@ -51,6 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seq-len", type=int)
     p.add_argument("--teacher-layers", default="all,top:2", help="teacher_layers values compared (default: %(default)s)")
     p.add_argument("--meta-batch-size", type=int, help="also run LoRA with the first layers value and this meta_batch_size")
+    p.add_argument("--quiz-batch-size", type=int, help="also run LoRA with the first layers value and quiz batches "
+                                                     "of this many rows (the first ones of each quiz batch)")
     p.add_argument("--backend", default="jvp", choices=("higher", "jvp", "finite_diff"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default=NAME)
@@ -70,6 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--teacher-layers must list distinct values, got {args.teacher_layers!r}")
     if args.meta_batch_size is not None and not 1 <= args.meta_batch_size <= s["batch_size"]:
         p.error(f"--meta-batch-size must be between 1 and the batch size {s['batch_size']}")
+    if args.quiz_batch_size is not None and not 1 <= args.quiz_batch_size <= s["batch_size"]:
+        p.error(f"--quiz-batch-size must be between 1 and the batch size {s['batch_size']}")
     args.settings = s
     return args
 
@@ -87,6 +92,9 @@ def configurations(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.meta_batch_size:
         out.append(dict(label=f"lora {top} restore, meta_batch_size={args.meta_batch_size}", mode="lora", layers=top,
                         pilot="restore", meta_batch=args.meta_batch_size))
+    if args.quiz_batch_size:
+        out.append(dict(label=f"lora {top} reuse, quiz batch {args.quiz_batch_size}", mode="lora", layers=top,
+                        pilot="reuse", quiz_rows=args.quiz_batch_size))
     return out
 
 
@@ -160,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in order:
             _trim()
             before = _rss()
-            m = ds[i].step(batches[r], quizzes[r])
+            m = ds[i].step(batches[r], first_rows(quizzes[r], confs[i].get("quiz_rows")))
             m["rss_before"] = before
             rows[i].append(m)
         print(f"round {r + 1}/{n} done ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
