@@ -37,7 +37,7 @@ from .meta_grad import PHASE_LABELS, PHASES, _teacher, make_batches
 from .report import markdown_table, print_report, settings_from_args, write_results
 
 NAME = "meta_step_cost"
-FULL = dict(rounds=6, warmup=1, batch_size=32, seq_len=64)
+FULL = dict(rounds=8, warmup=1, batch_size=32, seq_len=64)
 QUICK = dict(rounds=4, warmup=1, batch_size=8, seq_len=16)
 EVERY = 4
 
