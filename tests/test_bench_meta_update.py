@@ -37,3 +37,25 @@ def test_configurations_follow_the_modes_and_comparisons_name_them():
                                                      ("none", {"meta_update": "none"})]
     keys = {c.key for c in configurations(parse_args([]))}
     assert all(a in keys and b in keys for a, b in COMPARISONS)
+
+
+def test_teacher_layers_and_meta_batch_size_add_configurations_and_comparisons():
+    from metakd.bench.meta_update import comparisons
+
+    configs = configurations(parse_args(["--teacher-layers", "all,top:2", "--meta-batch-size", "8"]))
+    by = {c.key: c for c in configs}
+    assert list(by) == ["none", "lora", "lora@top:2", "full", "full@top:2"]
+    assert by["none"].distill == {"meta_update": "none"}
+    assert by["lora@top:2"].distill == {"meta_update": "lora", "teacher_layers": "top:2", "meta_batch_size": 8,
+                                        "pilot": "restore"}
+    assert by["full@top:2"].label == "full meta-update, teacher_layers=top:2"
+    pairs = comparisons(configs)
+    assert ("lora@top:2", "full") in pairs and ("lora@top:2", "none") in pairs and ("lora", "full") in pairs
+
+
+@pytest.mark.parametrize("args", [["--teacher-layers", "top:0"], ["--teacher-layers", "all,all"],
+                                  ["--teacher-layers", "3"], ["--meta-batch-size", "0"]])
+def test_bad_teacher_layers_or_meta_batch_size_is_a_usage_error(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(args)
+    assert exc.value.code == 2 and args[0] in capsys.readouterr().err
