@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import ctypes
+import os
 import statistics
 import sys
 import time
@@ -98,6 +99,16 @@ def configurations(args: argparse.Namespace) -> list[dict[str, Any]]:
     return out
 
 
+def _load() -> float | None:
+    """The 1-minute load average (other processes on the machine), None where unknown."""
+    import os
+
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
 def _trim() -> None:
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -162,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"building {len(confs)} distillers", file=sys.stderr, flush=True)
     ds = [_build(c, teacher, student, args) for c in confs]
     rows: list[list[dict[str, Any]]] = [[] for _ in confs]
+    load_start = _load()
     start = time.perf_counter()
     for r in range(n):
         order = [(i + r) % len(confs) for i in range(len(confs))]
@@ -176,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     results = summarize(confs, rows, s["warmup"])
     payload = {"benchmark": args.name, "quick": args.quick, "settings": s, "backend": args.backend, "seed": args.seed,
                "teacher_layers": args.layers_list, "meta_batch_size": args.meta_batch_size,
-               "fd_rel_error_vs_jvp": errors, "results": results, "total_seconds": time.perf_counter() - start}
+               "fd_rel_error_vs_jvp": errors, "results": results, "total_seconds": time.perf_counter() - start,
+               "load_average": {"start": load_start, "end": _load()}}
     report(payload, args.out)
     return 0
 
@@ -227,7 +240,10 @@ def report(payload: dict[str, Any], out: str | Path) -> None:
         f"{s['warmup']} warm-up; every round runs one step of each configuration, order rotated",
         "teacher_layers other than 'all': only those blocks learn (adapters in lora, weights in full); embeddings "
         "and head learn in neither; the blocks below run once per meta-step without grad and are replayed",
-        "the machine is shared with other jobs: absolute times are noisy; the ratios pair steps of the same round",
+        "the machine is shared with other jobs: absolute times are noisy; the ratios pair steps of the same round"
+        + (f" (1-minute load average {la['start']:.1f} at the start, {la['end']:.1f} at the end, on "
+           f"{os.cpu_count()} cores)" if (la := payload.get("load_average") or {}).get("start") is not None
+           and la.get("end") is not None else ""),
         "per-phase: mean seconds per step over the measured rounds (a phase a step skips counts 0)",
     ]
     body = "\n\n".join([main_t, "Per phase (mean s/step):", phase_t])
