@@ -52,3 +52,25 @@ def test_data_auto_takes_the_projects_sst2_when_it_is_there(tmp_path, monkeypatc
     assert meta_update.resolve_data("auto", quick=True) == ("embedded", None)
     assert meta_update.resolve_data("glue/sst2", quick=False) == ("glue/sst2", None)
     assert parse_args(["--data", str(tmp_path / "x.tsv")]).data == str(tmp_path / "x.tsv")
+
+
+def test_teacher_layers_and_meta_batch_size_add_configurations_and_comparisons():
+    from metakd.bench.meta_update import comparisons
+
+    configs = configurations(parse_args(["--teacher-layers", "all,top:2", "--meta-batch-size", "8"]))
+    by = {c.key: c for c in configs}
+    assert list(by) == ["none", "lora", "lora@top:2", "full", "full@top:2"]
+    assert by["none"].distill == {"meta_update": "none"}
+    assert by["lora@top:2"].distill == {"meta_update": "lora", "teacher_layers": "top:2", "meta_batch_size": 8,
+                                        "pilot": "restore"}
+    assert by["full@top:2"].label == "full meta-update, teacher_layers=top:2"
+    pairs = comparisons(configs)
+    assert ("lora@top:2", "full") in pairs and ("lora@top:2", "none") in pairs and ("lora", "full") in pairs
+
+
+@pytest.mark.parametrize("args", [["--teacher-layers", "top:0"], ["--teacher-layers", "all,all"],
+                                  ["--teacher-layers", "3"], ["--meta-batch-size", "0"]])
+def test_bad_teacher_layers_or_meta_batch_size_is_a_usage_error(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(args)
+    assert exc.value.code == 2 and args[0] in capsys.readouterr().err

@@ -4,6 +4,8 @@
 BENCHMARKS = {
     "meta-update": "metakd.bench.meta_update",
     "meta-grad": "metakd.bench.meta_grad",
+    "meta-step-cost": "metakd.bench.meta_step_cost",
+    "profile-meta-step": "metakd.bench.profile_meta_step",
     "lm-chunking": "metakd.bench.lm_chunking",
     "quantized-teacher": "metakd.bench.quantized_teacher",
     "temperature": "metakd.bench.temperature",

@@ -2,6 +2,7 @@
 student initialisation. Prints a table and writes results/meta_update.{json,md,png}.
 
     metakd bench meta-update [--quick] [--data auto|PATH|glue/sst2] [--steps N] [--seeds 0,1,2] [--out results]
+                             [--teacher-layers all,top:2] [--meta-batch-size M]
 
 The default run distils the bundled MiniLM-L6 teacher, fine-tuned on 2,000 SST-2 sentences
 (``--data auto``: the project's copy of SST-2 when it is there, else the embedded generated task),
@@ -33,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import data as data_mod
-from ..config import DistillConfig
+from ..config import DistillConfig, check_teacher_layers
 from ..distiller import MetaDistiller
 from ..finetune import cache_key, cached_model, evaluate_model, finetune_classifier
 from ..models import embedded_teacher_path, load_classifier, student_from_teacher, use_eager_attention
@@ -80,6 +81,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch threads per run (default: torch's choice)")
     p.add_argument("--name", default=NAME, help="stem of the result files (default: %(default)s)")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of none,lora,full")
+    p.add_argument("--teacher-layers", default="all",
+                   help="comma-separated teacher_layers values for the meta modes, e.g. all,top:2: a configuration "
+                        "per meta mode and value (default: all)")
+    p.add_argument("--meta-batch-size", type=int, help="rows of each batch the meta-gradient uses (default: all)")
     p.add_argument("--config", help="YAML with DistillConfig overrides (meta_update is set per mode)")
     p.add_argument("--out", default="results", help="directory for the result files")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -110,6 +115,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     bad = [m for m in args.mode_list if m not in MODES]
     if bad or not args.mode_list:
         p.error(f"--modes takes a subset of {','.join(MODES)}; got {args.modes!r}")
+    args.layers_list = [x.strip() for x in args.teacher_layers.split(",") if x.strip()]
+    for value in args.layers_list:
+        if not (value == "all" or value.startswith("top:")):
+            p.error(f"--teacher-layers takes 'all' and 'top:k' values, got {value!r}")
+        try:
+            check_teacher_layers(value)
+        except ValueError as exc:
+            p.error(f"--teacher-layers: {exc}")
+    if not args.layers_list or len(set(args.layers_list)) != len(args.layers_list):
+        p.error(f"--teacher-layers must list distinct values, got {args.teacher_layers!r}")
+    if args.meta_batch_size is not None and not 1 <= args.meta_batch_size <= settings["batch_size"]:
+        p.error(f"--meta-batch-size must be between 1 and the batch size {settings['batch_size']}")
     return args
 
 
@@ -191,7 +208,30 @@ def configurations(args: argparse.Namespace) -> list[Configuration]:
     """The configurations of a run, in turn order. Each runs in its own process, and the
     processes take one step each in turn (``lockstep``); a new axis (e.g. which teacher layers
     learn) adds entries here, and COMPARISONS says which step-time ratios to report."""
-    return [Configuration(m, MODE_LABELS[m], {"meta_update": m}) for m in args.mode_list]
+    out = []
+    for m in args.mode_list:
+        for layers in (["all"] if m == "none" else args.layers_list):
+            distill: dict[str, Any] = {"meta_update": m}
+            if m != "none" and layers != "all":
+                distill["teacher_layers"] = layers
+            if m != "none" and args.meta_batch_size:
+                distill.update(meta_batch_size=args.meta_batch_size, pilot="restore")
+            key = m if layers == "all" else f"{m}@{layers}"
+            label = MODE_LABELS[m] + ("" if layers == "all" else f", teacher_layers={layers}")
+            if key not in {c.key for c in out}:
+                out.append(Configuration(key, label, distill))
+    return out
+
+
+def comparisons(configs: list[Configuration]) -> list[tuple[str, str]]:
+    """COMPARISONS among the configurations that run, plus each teacher_layers configuration
+    against plain KD and against the full meta-update of every block."""
+    keys = [c.key for c in configs]
+    out = [c for c in COMPARISONS if all(k in keys for k in c)]
+    for k in keys:
+        if "@" in k:
+            out += [(k, b) for b in ("none", "full") if b in keys]
+    return out
 
 
 # ---------------------------------------------------------------------------- one configuration (worker)
@@ -355,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         results += run_seed(args, configs, base_cfg, seed, teacher, student_layers, len(args.seed_list) - i)
 
     summary = summarize(results)
-    ratios = timing_ratios(results, [c for c in COMPARISONS if all(k in args.mode_list for k in c)])
+    ratios = timing_ratios(results, comparisons(configs))
     chance = max(Counter(label for _, label in splits["eval"]).values()) / len(splits["eval"])
     table = build_table(summary) + "\n\nTime per step, paired within each round (the configurations take one " \
         "step each in turn):\n\n" + ratio_table(ratios)
@@ -375,6 +415,12 @@ def main(argv: list[str] | None = None) -> int:
         "(round-robin, the first one rotating), so a background load falls on all of them alike, and the "
         "ratios are medians of per-round ratios",
         "peak memory: peak RSS of one process per run (includes loading the models)",
+        (f"teacher_layers: {', '.join(args.layers_list)} (a value other than 'all': only those blocks learn, adapters "
+         "or weights, embeddings and head in neither mode; the blocks below run once per meta-step without grad "
+         "and are replayed)" if args.layers_list != ["all"] else ""),
+        (f"meta_batch_size {args.meta_batch_size}: the meta-gradient of a pilot step on the first "
+         f"{args.meta_batch_size} rows of each batch (pilot=restore, the real step on the whole batch)"
+         if args.meta_batch_size else ""),
         "energy: " + (results[0]["train"]["energy_source"] if results else "n/a"),
         "per phase: wall and CPU seconds per step (a phase a step skips counts as 0), peak memory during the "
         f"phase ({results[0]['phase_memory_source'] if results else 'n/a'}; absolute, models included), energy "
