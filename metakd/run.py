@@ -544,11 +544,15 @@ def evaluate_model_on(run: RunConfig, model, data, pad: int | dict[str, int], si
                           lm_chunk_size=run.distill.lm_chunk_size)
 
 
-def distill(run: RunConfig, progress: bool = True, resume: bool = False) -> dict[str, Any]:
+def distill(run: RunConfig, progress: bool = True, resume: bool = False, *, resume_if_present: bool = False,
+            overwrite: bool = False) -> dict[str, Any]:
     """Distil as configured: returns (and writes to ``output/metrics.json``) the student's and the
     teacher's scores, time, memory and energy; the result is saved in ``output/distilled``.
     Checkpoints go to ``output/checkpoint`` (every ``distill.checkpoint_every`` steps, at the end
-    and on SIGTERM/SIGINT); ``resume`` continues from the one there.
+    and on SIGTERM/SIGINT); ``resume`` continues from the one there and is refused when there is
+    none, unless ``resume_if_present`` (which resumes only when there is one). A fresh run into an
+    output directory that holds a previous run (``metrics.json``, ``distilled/``, checkpoints) is
+    refused unless ``overwrite``.
 
     Launched on several processes (``accelerate launch``/``torchrun``) the training is
     data-parallel (``metakd.distributed``); every process trains and evaluates, only the main one
@@ -563,6 +567,9 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False) -> dict
     progress = progress and dist.is_main
     cfg = run.distill.replace(progress=progress and run.distill.progress)
     check_run(run)
+    from .outputs import resume_decision
+
+    resume = resume_decision(run.output, resume, resume_if_present, overwrite)
     if run.teacher.startswith("new:") and not (run.teacher_dir / "config.json").is_file():
         raise ConfigError(f"teacher {run.teacher!r} is trained from scratch: run `metakd finetune-teacher` first "
                           f"(it saves to {run.teacher_dir})")
