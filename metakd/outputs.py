@@ -24,7 +24,10 @@ def resume_decision(output: str | Path, resume: bool = False, resume_if_present:
     resumes when there is one and starts afresh otherwise; a fresh run into a directory that
     holds a previous run needs ``overwrite``."""
     output = Path(output)
-    present = has_checkpoint(output / "checkpoint") or has_checkpoint(output / "teacher_checkpoint")
+    from .finetune_checkpoint import finetune_checkpoint_settings
+
+    present = (has_checkpoint(output / "checkpoint")
+               or finetune_checkpoint_settings(output / "teacher_checkpoint") is not None)
     if resume and not present and not resume_if_present:
         raise CheckpointError(f"--resume: there is no checkpoint in {output} to continue from; run without --resume "
                               "to start afresh, or pass --resume-if-present to resume only when there is one")

@@ -463,9 +463,19 @@ def _num_labels(run: RunConfig, splits: dict[str, Any]) -> int | None:
 def finetune_teacher(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     """Fine-tune (or, for ``new:ARCH``, train from scratch) the teacher on the task's training
     split and save it with ``save_pretrained`` (safetensors) plus its tokenizer in
-    ``output/teacher``, where ``distill`` picks it up. Returns the teacher's eval scores."""
-    from .finetune import finetune_classifier, step_plan
+    ``output/teacher``, where ``distill`` picks it up. Returns the teacher's eval scores.
+
+    The result is recorded with its origin (``metakd.teacher_cache``) and cached under
+    ``$METAKD_CACHE/finetuned``: a later run with the same base teacher, data, label names, seed
+    and fine-tuning settings copies it instead of fine-tuning again, whatever its output
+    directory. Fine-tuning checkpoints to ``output/teacher_checkpoint`` (every
+    ``distill.checkpoint_every`` steps and on SIGTERM/SIGINT, then ``TrainingInterrupted``), and
+    a rerun continues from there."""
+    import shutil
+
+    from .finetune import cache_key, finetune_classifier, step_plan
     from .label_names import set_label_names
+    from .teacher_cache import RECORD, cached_teacher, copy_teacher, store_teacher, teacher_origin
     from .telemetry import measure
 
     ft = run.finetune
@@ -477,6 +487,14 @@ def finetune_teacher(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     check_run(run, teacher=_teacher_source(run), student=False)
     splits = align_label_names(run, _teacher_source(run), load_data(run))
     num_labels = _num_labels(run, splits)
+    origin = teacher_origin(run, _teacher_source(run), splits.get("label_names"))
+    cached = cached_teacher(origin)
+    if cached is not None:
+        copy_teacher(cached, run.teacher_dir)
+        _log(f"reusing the fine-tuned teacher cached in {cached} (same base teacher, data, label names, seed and "
+             f"fine-tuning settings); copied to {run.teacher_dir}")
+        report = json.loads((cached / RECORD).read_text())
+        return {**report, "saved": str(run.teacher_dir), "cached": str(cached)}
     if run.teacher.startswith("new:"):
         from .scratch import new_causal_lm, train_bpe_tokenizer
 
@@ -493,14 +511,17 @@ def finetune_teacher(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     _, plan = step_plan(len(train), int(ft["batch_size"]), int(ft["epochs"]), ft["max_steps"])
     _log(f"fine-tuning the teacher on {len(train)} {'blocks' if run.task == 'causal_lm' else 'examples'}, lr {ft['lr']}: "
          f"{plan.replace('max_steps', 'finetune.max_steps').replace('raise epochs', 'raise finetune.epochs')}")
+    checkpoints = Path(run.output) / "teacher_checkpoint"
     with measure() as m:
         finetune_classifier(model, train, epochs=int(ft["epochs"]), lr=float(ft["lr"]), batch_size=int(ft["batch_size"]),
                             seed=run.distill.seed, pad_id=pad, progress=progress, task=run.task,
-                            max_steps=ft["max_steps"])
+                            max_steps=ft["max_steps"], checkpoint_dir=checkpoints,
+                            checkpoint_every=run.distill.checkpoint_every, settings={"origin": cache_key(**origin)},
+                            log=_log)
     scores = evaluate_model_on(run, model, encoded["eval"], pad)
     target = run.teacher_dir
     report = {"teacher": run.teacher, "saved": str(target), "eval": scores, "train": m.to_dict(),
-              "n_train": len(train)}
+              "n_train": len(train), "origin": origin}
     warning = _collapse_warning(run, scores, encoded["eval"])
     if warning:
         report["warning"] = warning
@@ -509,8 +530,32 @@ def finetune_teacher(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     with atomic_directory(target) as tmp:  # a kill mid-save never leaves a half-written teacher to pick up
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
-        (tmp / "metakd_finetune.json").write_text(json.dumps(report, indent=2, default=str))
+        (tmp / RECORD).write_text(json.dumps(report, indent=2, default=str))
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    _log(f"fine-tuned teacher saved to {target} and cached in {store_teacher(target, origin)}")
     return report
+
+
+def _stale_teacher_dir(run: RunConfig, splits: dict[str, Any]) -> bool:
+    """Whether ``output/teacher`` was fine-tuned from another base teacher, data, label names, seed
+    or fine-tuning settings than this run's (then it must be fine-tuned again); says what it finds."""
+    from .teacher_cache import origin_difference, recorded_origin, teacher_origin
+
+    target = run.teacher_dir
+    if not (target / "config.json").is_file() or Path(_teacher_source(run)).resolve() == target.resolve():
+        return False
+    recorded = recorded_origin(target)
+    if recorded is None:
+        _log(f"using the teacher in {target} as it is (it has no record of what it was fine-tuned from)")
+        return False
+    base = _teacher_source(run)
+    current = teacher_origin(run, base, align_label_names(run, base, splits).get("label_names"))
+    differ = origin_difference(recorded, current)
+    if not differ:
+        _log(f"using the fine-tuned teacher in {target} (same base teacher, data, labels, seed and settings)")
+        return False
+    _log(f"the teacher in {target} was fine-tuned with other {', '.join(differ)} than this run: fine-tuning again")
+    return True
 
 
 def _distill_plan(cfg: DistillConfig, train) -> str:
@@ -575,6 +620,10 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False, *, resu
                           f"(it saves to {run.teacher_dir})")
     splits = load_data(run)
     num_labels = _num_labels(run, splits)
+    if _stale_teacher_dir(run, splits):
+        if dist.is_main:
+            finetune_teacher(run, progress=progress)
+        dist.barrier()
     if run.task == "classification":  # the quiz split, checked before any model loads (LM blocks: after encoding)
         data_mod.split_quiz(splits["train"], cfg.quiz_fraction, cfg.seed)
     if not _derived_student(run.student):
