@@ -118,12 +118,30 @@ def save_checkpoint(directory: str | Path, distiller: Any, history: dict[str, li
     meta = {"format": FORMAT, "version": VERSION, "steps_done": distiller.steps_done,
             "config": distiller.config.to_dict(), "optimizers": {"student": meta_s, "teacher": meta_t},
             "counters": {k: getattr(distiller, k) for k in ("skipped_steps", "bad_in_a_row") if hasattr(distiller, k)},
-            "history": history, "data": data}
+            "history": history, "data": data, "train_seconds": train_seconds(distiller)}
     with atomic_directory(directory) as tmp:
         save_file(tensors, str(tmp / STATE_FILE), metadata={"format": FORMAT})
         meta["sha256"] = _sha256(tmp / STATE_FILE)
         (tmp / META_FILE).write_text(json.dumps(meta, default=float))
     return Path(directory)
+
+
+def start_clock(distiller: Any) -> None:
+    """Start timing the distiller's training: checkpoints then record the training seconds so
+    far (``train_seconds``), and a resumed run adds the seconds of the runs before it."""
+    import time
+
+    distiller.metakd_clock = time.perf_counter()
+    distiller.metakd_seconds_before = 0.0
+
+
+def train_seconds(distiller: Any) -> float | None:
+    """Wall seconds of training over every segment of a resumed run so far (None: no clock)."""
+    import time
+
+    if getattr(distiller, "metakd_clock", None) is None:
+        return None
+    return float(getattr(distiller, "metakd_seconds_before", 0.0)) + time.perf_counter() - distiller.metakd_clock
 
 
 def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -225,6 +243,8 @@ def load_checkpoint(directory: str | Path, distiller: Any, data: dict[str, Any] 
     _load_optimizer("optim_student", distiller.student_optimizer, meta["optimizers"]["student"], tensors)
     _load_optimizer("optim_teacher", distiller.teacher_optimizer, meta["optimizers"]["teacher"], tensors)
     distiller.steps_done = int(meta["steps_done"])
+    if meta.get("train_seconds") is not None and getattr(distiller, "metakd_clock", None) is not None:
+        distiller.metakd_seconds_before = float(meta["train_seconds"])
     for key, value in meta.get("counters", {}).items():
         setattr(distiller, key, value)
     meta["rng"] = {k: v for k, v in tensors.items() if k.startswith("rng.")}

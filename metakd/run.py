@@ -558,6 +558,18 @@ def _stale_teacher_dir(run: RunConfig, splits: dict[str, Any]) -> bool:
     return True
 
 
+def _train_time(m, d) -> dict[str, Any]:
+    """The training measurement; after a resume ``seconds`` is the sum over the segments (to the
+    checkpoint each resumed from, plus this one), ``segment_seconds`` this process's part; CPU
+    time, energy and memory are this segment's."""
+    out = m.to_dict()
+    before = float(getattr(d, "metakd_seconds_before", 0.0) or 0.0)
+    if before:
+        out["segment_seconds"] = out["seconds"]
+        out["seconds"] = out["seconds"] + before
+    return out
+
+
 def _distill_plan(cfg: DistillConfig, train) -> str:
     """Which limit ends the distillation (``distill.epochs`` or ``distill.max_steps``), in words."""
     from .finetune import step_plan
@@ -605,6 +617,7 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False, *, resu
     from .distiller import MetaDistiller
     from .distributed import Dist
     from .evaluate import generation_speed
+    from .checkpoint import start_clock
     from .label_names import set_label_names
     from .telemetry import EnergyMeter, measure
 
@@ -650,6 +663,7 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False, *, resu
     d = MetaDistiller(teacher, student, cfg, dist=dist)
     teacher_before = d.evaluate(encoded["eval"], model="teacher")
     teacher_warning = _collapse_warning(run, teacher_before, encoded["eval"])
+    start_clock(d)  # checkpoints record the training seconds, so a resumed run reports the sum
     with measure(energy=EnergyMeter()) as m:
         history = d.fit(encoded["train"], eval_data=encoded["eval"], checkpoint_dir=Path(run.output) / "checkpoint",
                         resume=resume)
@@ -657,7 +671,7 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False, *, resu
         "run": run.to_dict(), "student": history["eval"][-1], "teacher_before": teacher_before,
         # plain KD leaves the teacher as it was: no second evaluation
         "teacher_after": (teacher_before if cfg.meta_update == "none" else d.evaluate(encoded["eval"], model="teacher")),
-        "train": m.to_dict(),
+        "train": _train_time(m, d),
         "steps": len(history["train"]), "trainable_teacher_params": d.trainable_teacher_parameters(),
         "student_params": sum(p.numel() for p in d.student.parameters()),
         "trainable_student_params": sum(p.numel() for p in d.student_params),
