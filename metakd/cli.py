@@ -79,6 +79,20 @@ def _guard(fn, debug: bool = False) -> int:
 
 
 def _run_command(args: argparse.Namespace) -> int:
+    if not args.no_progress:
+        return _run_command_body(args)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # transformers' own bars too ("Loading weights", "Writing model shards")
+    try:
+        return _run_command_body(args)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _run_command_body(args: argparse.Namespace) -> int:
     from .run import RunConfig, distill, finetune_teacher
 
     overrides = list(args.overrides) + ([f"output={args.output}"] if args.output else [])

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from . import data as data_mod
 from . import evaluate
+from .atomic import directory_mode
 from .forward import model_inputs
 from .losses import next_token_ce
 
@@ -154,6 +155,7 @@ def cached_model(key: str, build: Callable[[], nn.Module], load: Callable[[Path]
     model = build()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
+    tmp.chmod(directory_mode())
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         (tmp / "metakd.json").write_text(json.dumps(meta or {}, indent=2, default=str))

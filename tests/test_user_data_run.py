@@ -5,6 +5,7 @@ collapse and the stopping limit reported."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -35,12 +36,23 @@ distill: {{meta_update: lora, max_steps: 2, batch_size: 8, max_length: 16, progr
 
 
 def test_headerless_string_labelled_four_classes(tmp_path, encoder, capsys, monkeypatch):
+    """The issue's done-when: every row read, the header decision reported; and the reports of a run."""
     monkeypatch.setenv("METAKD_CACHE", str(tmp_path / "cache"))
+    old_mask = os.umask(0o022)
+    try:
+        _headerless_run(tmp_path, encoder, capsys)
+    finally:
+        os.umask(old_mask)
+
+
+def _headerless_run(tmp_path, encoder, capsys):
     data = tmp_path / "news.csv"
     data.write_text("\n".join(news_rows(101, first_label="Weather")) + "\n")
     assert main(["distill", write_run(tmp_path, encoder, data), "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert f"read 101 rows from {data}: no header row" in err
+    # --no-progress hides transformers' bars too
+    assert "Loading weights" not in err and "Writing model shards" not in err
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["label_names"] == ["Business", "Sci/Tech", "Sports", "Weather", "World"]
     # every row: 101 rows split 91/10 (seeded), nothing eaten by a header guess
@@ -53,3 +65,6 @@ def test_headerless_string_labelled_four_classes(tmp_path, encoder, capsys, monk
     # three fine-tuning steps teach a random tiny model nothing: said, and recorded
     assert "no better than predicting the majority class" in err
     assert "majority-class rate" in metrics["teacher_warning"]
+    # new directories get the user's umask (the test runs under 022), not mkdtemp's 0700
+    for made in ("out/teacher", "out/distilled", "out/checkpoint"):
+        assert (tmp_path / made).stat().st_mode & 0o777 == 0o755, made
