@@ -40,7 +40,8 @@ def step_plan(examples: int, batch_size: int, epochs: int, max_steps: int | None
     if max_steps is None:
         return full, f"{full} steps: {epochs_text}"
     if max_steps < full:
-        return max_steps, f"{max_steps} steps: max_steps {max_steps} stops it before the end of {epochs_text} ({full} steps)"
+        return max_steps, (f"{max_steps} steps: max_steps {max_steps} stops it before the end of {epochs_text} "
+                           f"({full} steps)")
     if max_steps > full:
         return full, (f"{full} steps: {epochs_text} end it before max_steps {max_steps} is reached (raise epochs to "
                       "run longer)")

@@ -509,7 +509,8 @@ def finetune_teacher(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     train = encoded["train"]
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     _, plan = step_plan(len(train), int(ft["batch_size"]), int(ft["epochs"]), ft["max_steps"])
-    _log(f"fine-tuning the teacher on {len(train)} {'blocks' if run.task == 'causal_lm' else 'examples'}, lr {ft['lr']}: "
+    what = "blocks" if run.task == "causal_lm" else "examples"
+    _log(f"fine-tuning the teacher on {len(train)} {what}, lr {ft['lr']}: "
          f"{plan.replace('max_steps', 'finetune.max_steps').replace('raise epochs', 'raise finetune.epochs')}")
     checkpoints = Path(run.output) / "teacher_checkpoint"
     with measure() as m:
@@ -545,8 +546,7 @@ def _stale_teacher_dir(run: RunConfig, splits: dict[str, Any]) -> bool:
     if not (target / "config.json").is_file() or Path(_teacher_source(run)).resolve() == target.resolve():
         return False
     recorded = recorded_origin(target)
-    if recorded is None:
-        _log(f"using the teacher in {target} as it is (it has no record of what it was fine-tuned from)")
+    if recorded is None:  # saved by hand or by an older metakd: nothing to compare, used as it is
         return False
     base = _teacher_source(run)
     current = teacher_origin(run, base, align_label_names(run, base, splits).get("label_names"))
@@ -614,10 +614,10 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False, *, resu
     Launched on several processes (``accelerate launch``/``torchrun``) the training is
     data-parallel (``metakd.distributed``); every process trains and evaluates, only the main one
     shows progress and writes files, and the others wait for it."""
+    from .checkpoint import start_clock
     from .distiller import MetaDistiller
     from .distributed import Dist
     from .evaluate import generation_speed
-    from .checkpoint import start_clock
     from .label_names import set_label_names
     from .telemetry import EnergyMeter, measure
 

@@ -17,7 +17,7 @@ from metakd.models import tiny_classifier
 
 from .conftest import make_batch
 from .test_data_files import news_rows
-from .test_user_data_run import encoder, write_run  # noqa: F401  (the module-scoped tiny encoder)
+from .test_user_data_run import write_run
 
 
 def _examples(n: int = 24) -> list[dict]:
@@ -67,11 +67,11 @@ def test_finetuning_stops_on_sigterm_and_resumes_bit_identical(tmp_path, monkeyp
                               "settings (lr)")
 
 
-def test_sigterm_during_finetuning_inside_distill(tmp_path, encoder, capsys, monkeypatch):  # noqa: F811
+def test_sigterm_during_finetuning_inside_distill(tmp_path, tiny_encoder, capsys, monkeypatch):
     monkeypatch.setenv("METAKD_CACHE", str(tmp_path / "cache"))
     data = tmp_path / "news.csv"
     data.write_text("\n".join(news_rows(60)) + "\n")
-    run = write_run(tmp_path, encoder, data)
+    run = write_run(tmp_path, tiny_encoder, data)
     _signal_at(monkeypatch, 2)
     assert main(["distill", run, "--no-progress"]) == 128 + signal.SIGTERM
     err = capsys.readouterr().err
@@ -85,11 +85,11 @@ def test_sigterm_during_finetuning_inside_distill(tmp_path, encoder, capsys, mon
     assert not (tmp_path / "out" / "teacher_checkpoint").exists()
 
 
-def test_teacher_reused_across_outputs_and_refitted_for_other_data(tmp_path, encoder, capsys, monkeypatch):  # noqa: F811
+def test_teacher_reused_across_outputs_and_refitted_for_other_data(tmp_path, tiny_encoder, capsys, monkeypatch):
     monkeypatch.setenv("METAKD_CACHE", str(tmp_path / "cache"))
     data = tmp_path / "news.csv"
     data.write_text("\n".join(news_rows(60)) + "\n")
-    run = write_run(tmp_path, encoder, data)
+    run = write_run(tmp_path, tiny_encoder, data)
     assert main(["distill", run, "--no-progress"]) == 0
     first = capsys.readouterr().err
     assert "fine-tuned teacher saved to" in first and "cached in" in first

@@ -7,17 +7,9 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
-
 from metakd.cli import main
 
-from .conftest import save_tiny_encoder
 from .test_data_files import news_rows
-
-
-@pytest.fixture(scope="module")
-def encoder(tmp_path_factory):
-    return save_tiny_encoder(tmp_path_factory.mktemp("encoder") / "tiny")
 
 
 def write_run(tmp_path, encoder, data, output="out", extra: str = "") -> str:
@@ -35,12 +27,12 @@ distill: {{meta_update: lora, max_steps: 2, batch_size: 8, max_length: 16, progr
     return str(run)
 
 
-def test_headerless_string_labelled_four_classes(tmp_path, encoder, capsys, monkeypatch):
+def test_headerless_string_labelled_four_classes(tmp_path, tiny_encoder, capsys, monkeypatch):
     """The issue's done-when: every row read, the header decision reported; and the reports of a run."""
     monkeypatch.setenv("METAKD_CACHE", str(tmp_path / "cache"))
     old_mask = os.umask(0o022)
     try:
-        _headerless_run(tmp_path, encoder, capsys)
+        _headerless_run(tmp_path, tiny_encoder, capsys)
     finally:
         os.umask(old_mask)
 
