@@ -628,6 +628,7 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False, *, resu
     from .outputs import resume_decision
 
     resume = resume_decision(run.output, resume, resume_if_present, overwrite)
+    dist.barrier()  # every process decided before the main one writes anything there
     if run.teacher.startswith("new:") and not (run.teacher_dir / "config.json").is_file():
         raise ConfigError(f"teacher {run.teacher!r} is trained from scratch: run `metakd finetune-teacher` first "
                           f"(it saves to {run.teacher_dir})")
