@@ -4,10 +4,18 @@ nothing), never a half-written one."""
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+
+def directory_mode() -> int:
+    """The mode ``mkdir`` gives a new directory under the process's umask (0o777 & ~umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o777 & ~mask
 
 
 @contextlib.contextmanager
@@ -19,6 +27,7 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp.chmod(directory_mode())  # mkdtemp makes it 0700; the result gets the user's umask like any mkdir
     try:
         yield tmp
         old = None

@@ -130,7 +130,8 @@ def save_checkpoint(directory: str | Path, distiller: Any, history: dict[str, li
     meta = {"format": FORMAT, "version": VERSION, "steps_done": distiller.steps_done, "fit_start_step": start["step"],
             "config": distiller.config.to_dict(), "optimizers": {"student": meta_s, "teacher": meta_t},
             "counters": {k: getattr(distiller, k) for k in ("skipped_steps", "bad_in_a_row") if hasattr(distiller, k)},
-            "history": history, "data": data, "schedulers": scheduler_state(distiller)}
+            "history": history, "data": data, "schedulers": scheduler_state(distiller),
+            "train_seconds": train_seconds(distiller)}
     scaler = getattr(distiller, "scaler", None)
     if scaler is not None and scaler.is_enabled():  # fp16: the loss scale and its growth tracker
         meta["scaler"] = {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in scaler.state_dict().items()}
@@ -139,6 +140,24 @@ def save_checkpoint(directory: str | Path, distiller: Any, history: dict[str, li
         meta["sha256"] = _sha256(tmp / STATE_FILE)
         (tmp / META_FILE).write_text(json.dumps(meta, default=float))
     return Path(directory)
+
+
+def start_clock(distiller: Any) -> None:
+    """Start timing the distiller's training: checkpoints then record the training seconds so
+    far (``train_seconds``), and a resumed run adds the seconds of the runs before it."""
+    import time
+
+    distiller.metakd_clock = time.perf_counter()
+    distiller.metakd_seconds_before = 0.0
+
+
+def train_seconds(distiller: Any) -> float | None:
+    """Wall seconds of training over every segment of a resumed run so far (None: no clock)."""
+    import time
+
+    if getattr(distiller, "metakd_clock", None) is None:
+        return None
+    return float(getattr(distiller, "metakd_seconds_before", 0.0)) + time.perf_counter() - distiller.metakd_clock
 
 
 def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -244,6 +263,8 @@ def load_checkpoint(directory: str | Path, distiller: Any, data: dict[str, Any] 
     if meta.get("scaler") and getattr(distiller, "scaler", None) is not None and distiller.scaler.is_enabled():
         distiller.scaler.load_state_dict(meta["scaler"])
     distiller.steps_done = int(meta["steps_done"])
+    if meta.get("train_seconds") is not None and getattr(distiller, "metakd_clock", None) is not None:
+        distiller.metakd_seconds_before = float(meta["train_seconds"])
     for key, value in meta.get("counters", {}).items():
         setattr(distiller, key, value)
     meta["fit_start"] = _saved_fit_start(meta, tensors, distiller.config.seed)

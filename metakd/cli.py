@@ -42,7 +42,13 @@ def main(argv: list[str] | None = None) -> int:
                                                  "student, the teacher's adapters and metrics.json under the output "
                                                  "directory, and checkpoints in OUTPUT/checkpoint")
     distill_parser.add_argument("--resume", action="store_true",
-                                help="continue from the checkpoint in OUTPUT/checkpoint (a killed or stopped run)")
+                                help="continue from the checkpoint in OUTPUT/checkpoint (a killed or stopped run); "
+                                     "an error when there is none")
+    distill_parser.add_argument("--resume-if-present", action="store_true",
+                                help="resume when OUTPUT holds a checkpoint, else start from the beginning")
+    distill_parser.add_argument("--overwrite", action="store_true",
+                                help="replace a previous run in OUTPUT (metrics.json, distilled/, checkpoints) "
+                                     "instead of refusing")
     _run_parser(sub, "finetune-teacher", "fine-tune the run's teacher on its task (or train a new:ARCH teacher from "
                                          "scratch) and save it in OUTPUT/teacher, where distill picks it up")
     _run_parser(sub, "compress", "prune, recovery-distil and quantize the distilled student as the run file's "
@@ -73,26 +79,45 @@ def _guard(fn, debug: bool = False) -> int:
 
 
 def _run_command(args: argparse.Namespace) -> int:
+    if not args.no_progress:
+        return _run_command_body(args)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # transformers' own bars too ("Loading weights", "Writing model shards")
+    try:
+        return _run_command_body(args)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _run_command_body(args: argparse.Namespace) -> int:
     from .run import RunConfig, distill, finetune_teacher
 
     overrides = list(args.overrides) + ([f"output={args.output}"] if args.output else [])
     run = RunConfig.from_yaml(args.config, overrides)
     if args.command == "compress":
         return _compress(run, progress=not args.no_progress)
-    if args.command == "finetune-teacher":
-        report = finetune_teacher(run, progress=not args.no_progress)
-        print(f"teacher saved to {report['saved']}: {_summary(report['eval'], ('accuracy', 'f1', 'perplexity'))}")
-        return 0
     from .checkpoint import TrainingInterrupted
 
+    again = (f"metakd {args.command} {shlex.quote(args.config)}" + (" --resume" if args.command == "distill" else "")
+             + "".join(f" --set {shlex.quote(o)}" for o in args.overrides)
+             + (f" --output {shlex.quote(args.output)}" if args.output else ""))
     try:
-        result = distill(run, progress=not args.no_progress, resume=args.resume)
+        if args.command == "finetune-teacher":
+            report = finetune_teacher(run, progress=not args.no_progress)
+            print(f"teacher saved to {report['saved']}: {_summary(report['eval'], ('accuracy', 'f1', 'perplexity'))}")
+            return 0
+        result = distill(run, progress=not args.no_progress, resume=args.resume,
+                         resume_if_present=args.resume_if_present, overwrite=args.overwrite)
     except TrainingInterrupted as stop:
-        print(f"metakd: {stop}; continue with: metakd distill {args.config} --resume"
-              + "".join(f" --set {shlex.quote(o)}" for o in args.overrides)
-              + (f" --output {shlex.quote(args.output)}" if args.output else ""),
-              file=sys.stderr)
+        print(f"metakd: {stop}; continue with: {again}", file=sys.stderr)
         return stop.exit_code
+    except KeyboardInterrupt:  # a second signal: stopped at once, the last checkpoint stays
+        print(f"metakd: stopped at once by a second signal; the last checkpoint in {run.output} is kept; "
+              f"continue with: {again}", file=sys.stderr)
+        return 130
     from .distributed import env_rank
 
     if env_rank() != 0:  # multi-process runs: the main process reports

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from . import data as data_mod
 from . import evaluate
+from .atomic import directory_mode
 from .forward import model_inputs
 from .losses import next_token_ce
 
@@ -39,7 +40,8 @@ def step_plan(examples: int, batch_size: int, epochs: int, max_steps: int | None
     if max_steps is None:
         return full, f"{full} steps: {epochs_text}"
     if max_steps < full:
-        return max_steps, f"{max_steps} steps: max_steps {max_steps} stops it before the end of {epochs_text} ({full} steps)"
+        return max_steps, (f"{max_steps} steps: max_steps {max_steps} stops it before the end of {epochs_text} "
+                           f"({full} steps)")
     if max_steps > full:
         return full, (f"{full} steps: {epochs_text} end it before max_steps {max_steps} is reached (raise epochs to "
                       "run longer)")
@@ -49,10 +51,21 @@ def step_plan(examples: int, batch_size: int, epochs: int, max_steps: int | None
 def finetune_classifier(model: nn.Module, train: Sequence, *, epochs: int = 2, lr: float = 5e-5,
                         batch_size: int = 32, weight_decay: float = 0.01, seed: int = 0,
                         pad_id: int = 0, progress: bool = True, task: str = "classification",
-                        max_steps: int | None = None) -> list[float]:
+                        max_steps: int | None = None, checkpoint_dir: str | Path | None = None,
+                        checkpoint_every: int | None = None, settings: dict[str, Any] | None = None,
+                        log: Callable[[str], None] | None = None) -> list[float]:
     """Plain supervised fine-tuning with AdamW and linear warm-up/decay; returns the step losses.
 
-    ``task="causal_lm"`` trains on next-token cross-entropy over LM blocks (``data.encode_lm``)."""
+    ``task="causal_lm"`` trains on next-token cross-entropy over LM blocks (``data.encode_lm``).
+
+    With ``checkpoint_dir`` the state is checkpointed there (``metakd.finetune_checkpoint``) every
+    ``checkpoint_every`` steps and on SIGTERM/SIGINT, after which ``TrainingInterrupted`` is
+    raised; a checkpoint found there that was written with the same ``settings`` (and these
+    hyper-parameters) is resumed, replaying the seeded loader, so the result is the one of an
+    uninterrupted run; one written with other settings is set aside (``log`` says so)."""
+    from . import checkpoint as ckpt
+    from .finetune_checkpoint import finetune_checkpoint_settings, load_finetune_checkpoint, save_finetune_checkpoint
+
     if len(train) == 0:
         raise data_mod.DataError("cannot fine-tune on an empty data set")
     torch.manual_seed(seed)
@@ -64,14 +77,38 @@ def finetune_classifier(model: nn.Module, train: Sequence, *, epochs: int = 2, l
     warmup = max(1, total // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
+    settings = json.loads(json.dumps({**(settings or {}), "epochs": epochs, "lr": lr, "batch_size": batch_size,
+                                      "weight_decay": weight_decay, "seed": seed, "task": task, "total": total,
+                                      "examples": len(train)}, default=str))
+    losses: list[float] = []
+    replay, rng = 0, None
+    if checkpoint_dir is not None:
+        found = finetune_checkpoint_settings(checkpoint_dir)
+        if found == settings:
+            meta = load_finetune_checkpoint(checkpoint_dir, model, optimizer, schedule)
+            losses, rng = list(meta["losses"]), meta["rng"]
+            replay = int(meta["steps_done"])
+            if log:
+                log(f"resuming the teacher's fine-tuning from the checkpoint in {checkpoint_dir} at step {replay} "
+                    f"of {total}")
+        elif found is not None and log:
+            differ = sorted(k for k in set(found) | set(settings) if found.get(k) != settings.get(k))
+            log(f"not resuming the fine-tuning checkpoint in {checkpoint_dir}: written with other settings "
+                f"({', '.join(differ[:4])}); fine-tuning from the start")
     model.train()
-    losses = []
-    with tqdm(total=total, desc="fine-tune teacher", disable=not progress, leave=False) as bar:
-        for _ in range(epochs):
+    done = replay
+    with tqdm(total=total, initial=done, desc="fine-tune teacher", disable=not progress, leave=False) as bar, \
+            ckpt.StopSignals(enabled=checkpoint_dir is not None) as stop:
+        for _ in range(max(epochs, 1)):
             for batch in loader:
-                batch = {k: v.to(device) for k, v in batch.items()}
-                if len(losses) >= total:
+                if replay:  # the batches the checkpointed steps took
+                    replay -= 1
+                    if not replay:
+                        ckpt.restore_rng(rng)
+                    continue
+                if done >= total:
                     break
+                batch = {k: v.to(device) for k, v in batch.items()}
                 out = model(**model_inputs(batch, "teacher"))
                 if task == "causal_lm":
                     loss = next_token_ce(out.logits, batch["labels"])
@@ -83,8 +120,14 @@ def finetune_classifier(model: nn.Module, train: Sequence, *, epochs: int = 2, l
                 optimizer.step()
                 schedule.step()
                 losses.append(float(loss.detach()))
+                done += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
+                if checkpoint_dir is not None and (stop.signal or (checkpoint_every and done % checkpoint_every == 0
+                                                                   and done < total)):
+                    save_finetune_checkpoint(checkpoint_dir, model, optimizer, schedule, done, losses, settings)
+                if stop.signal:
+                    raise ckpt.TrainingInterrupted(stop.signal, done, checkpoint_dir)
     model.eval()
     return losses
 
@@ -113,6 +156,7 @@ def cached_model(key: str, build: Callable[[], nn.Module], load: Callable[[Path]
     model = build()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
+    tmp.chmod(directory_mode())
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         (tmp / "metakd.json").write_text(json.dumps(meta or {}, indent=2, default=str))

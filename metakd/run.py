@@ -477,9 +477,19 @@ def _num_labels(run: RunConfig, splits: dict[str, Any]) -> int | None:
 def finetune_teacher(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     """Fine-tune (or, for ``new:ARCH``, train from scratch) the teacher on the task's training
     split and save it with ``save_pretrained`` (safetensors) plus its tokenizer in
-    ``output/teacher``, where ``distill`` picks it up. Returns the teacher's eval scores."""
-    from .finetune import finetune_classifier, step_plan
+    ``output/teacher``, where ``distill`` picks it up. Returns the teacher's eval scores.
+
+    The result is recorded with its origin (``metakd.teacher_cache``) and cached under
+    ``$METAKD_CACHE/finetuned``: a later run with the same base teacher, data, label names, seed
+    and fine-tuning settings copies it instead of fine-tuning again, whatever its output
+    directory. Fine-tuning checkpoints to ``output/teacher_checkpoint`` (every
+    ``distill.checkpoint_every`` steps and on SIGTERM/SIGINT, then ``TrainingInterrupted``), and
+    a rerun continues from there."""
+    import shutil
+
+    from .finetune import cache_key, finetune_classifier, step_plan
     from .label_names import set_label_names
+    from .teacher_cache import RECORD, cached_teacher, copy_teacher, store_teacher, teacher_origin
     from .telemetry import measure
 
     ft = run.finetune
@@ -491,6 +501,14 @@ def finetune_teacher(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     check_run(run, teacher=_teacher_source(run), student=False)
     splits = align_label_names(run, _teacher_source(run), load_data(run))
     num_labels = _num_labels(run, splits)
+    origin = teacher_origin(run, _teacher_source(run), splits.get("label_names"))
+    cached = cached_teacher(origin)
+    if cached is not None:
+        copy_teacher(cached, run.teacher_dir)
+        _log(f"reusing the fine-tuned teacher cached in {cached} (same base teacher, data, label names, seed and "
+             f"fine-tuning settings); copied to {run.teacher_dir}")
+        report = json.loads((cached / RECORD).read_text())
+        return {**report, "saved": str(run.teacher_dir), "cached": str(cached)}
     if run.teacher.startswith("new:"):
         from .scratch import new_causal_lm, train_bpe_tokenizer
 
@@ -505,16 +523,20 @@ def finetune_teacher(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     train = encoded["train"]
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     _, plan = step_plan(len(train), int(ft["batch_size"]), int(ft["epochs"]), ft["max_steps"])
-    _log(f"fine-tuning the teacher on {len(train)} {'blocks' if run.task == 'causal_lm' else 'examples'}, lr {ft['lr']}: "
+    what = "blocks" if run.task == "causal_lm" else "examples"
+    _log(f"fine-tuning the teacher on {len(train)} {what}, lr {ft['lr']}: "
          f"{plan.replace('max_steps', 'finetune.max_steps').replace('raise epochs', 'raise finetune.epochs')}")
+    checkpoints = Path(run.output) / "teacher_checkpoint"
     with measure() as m:
         finetune_classifier(model, train, epochs=int(ft["epochs"]), lr=float(ft["lr"]), batch_size=int(ft["batch_size"]),
                             seed=run.distill.seed, pad_id=pad, progress=progress, task=run.task,
-                            max_steps=ft["max_steps"])
+                            max_steps=ft["max_steps"], checkpoint_dir=checkpoints,
+                            checkpoint_every=run.distill.checkpoint_every, settings={"origin": cache_key(**origin)},
+                            log=_log)
     scores = evaluate_model_on(run, model, encoded["eval"], pad)
     target = run.teacher_dir
     report = {"teacher": run.teacher, "saved": str(target), "eval": scores, "train": m.to_dict(),
-              "n_train": len(train)}
+              "n_train": len(train), "origin": origin}
     warning = _collapse_warning(run, scores, encoded["eval"])
     if warning:
         report["warning"] = warning
@@ -523,8 +545,43 @@ def finetune_teacher(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     with atomic_directory(target) as tmp:  # a kill mid-save never leaves a half-written teacher to pick up
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
-        (tmp / "metakd_finetune.json").write_text(json.dumps(report, indent=2, default=str))
+        (tmp / RECORD).write_text(json.dumps(report, indent=2, default=str))
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    _log(f"fine-tuned teacher saved to {target} and cached in {store_teacher(target, origin)}")
     return report
+
+
+def _stale_teacher_dir(run: RunConfig, splits: dict[str, Any]) -> bool:
+    """Whether ``output/teacher`` was fine-tuned from another base teacher, data, label names, seed
+    or fine-tuning settings than this run's (then it must be fine-tuned again); says what it finds."""
+    from .teacher_cache import origin_difference, recorded_origin, teacher_origin
+
+    target = run.teacher_dir
+    if not (target / "config.json").is_file() or Path(_teacher_source(run)).resolve() == target.resolve():
+        return False
+    recorded = recorded_origin(target)
+    if recorded is None:  # saved by hand or by an older metakd: nothing to compare, used as it is
+        return False
+    base = _teacher_source(run)
+    current = teacher_origin(run, base, align_label_names(run, base, splits).get("label_names"))
+    differ = origin_difference(recorded, current)
+    if not differ:
+        _log(f"using the fine-tuned teacher in {target} (same base teacher, data, labels, seed and settings)")
+        return False
+    _log(f"the teacher in {target} was fine-tuned with other {', '.join(differ)} than this run: fine-tuning again")
+    return True
+
+
+def _train_time(m, d) -> dict[str, Any]:
+    """The training measurement; after a resume ``seconds`` is the sum over the segments (to the
+    checkpoint each resumed from, plus this one), ``segment_seconds`` this process's part; CPU
+    time, energy and memory are this segment's."""
+    out = m.to_dict()
+    before = float(getattr(d, "metakd_seconds_before", 0.0) or 0.0)
+    if before:
+        out["segment_seconds"] = out["seconds"]
+        out["seconds"] = out["seconds"] + before
+    return out
 
 
 def _distill_plan(cfg: DistillConfig, train) -> str:
@@ -558,15 +615,20 @@ def evaluate_model_on(run: RunConfig, model, data, pad: int | dict[str, int], si
                           lm_chunk_size=run.distill.lm_chunk_size)
 
 
-def distill(run: RunConfig, progress: bool = True, resume: bool = False) -> dict[str, Any]:
+def distill(run: RunConfig, progress: bool = True, resume: bool = False, *, resume_if_present: bool = False,
+            overwrite: bool = False) -> dict[str, Any]:
     """Distil as configured: returns (and writes to ``output/metrics.json``) the student's and the
     teacher's scores, time, memory and energy; the result is saved in ``output/distilled``.
     Checkpoints go to ``output/checkpoint`` (every ``distill.checkpoint_every`` steps, at the end
-    and on SIGTERM/SIGINT); ``resume`` continues from the one there.
+    and on SIGTERM/SIGINT); ``resume`` continues from the one there and is refused when there is
+    none, unless ``resume_if_present`` (which resumes only when there is one). A fresh run into an
+    output directory that holds a previous run (``metrics.json``, ``distilled/``, checkpoints) is
+    refused unless ``overwrite``.
 
     Launched on several processes (``accelerate launch``/``torchrun``) the training is
     data-parallel (``metakd.distributed``); every process trains and evaluates, only the main one
     shows progress and writes files, and the others wait for it."""
+    from .checkpoint import start_clock
     from .distiller import MetaDistiller
     from .distributed import Dist
     from .evaluate import generation_speed
@@ -580,11 +642,19 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False) -> dict
     from .step_log import check_report_to
 
     check_report_to(cfg.report_to)  # a missing tensorboard fails before anything loads
+    from .outputs import resume_decision
+
+    resume = resume_decision(run.output, resume, resume_if_present, overwrite)
+    dist.barrier()  # every process decided before the main one writes anything there
     if run.teacher.startswith("new:") and not (run.teacher_dir / "config.json").is_file():
         raise ConfigError(f"teacher {run.teacher!r} is trained from scratch: run `metakd finetune-teacher` first "
                           f"(it saves to {run.teacher_dir})")
     splits = load_data(run)
     num_labels = _num_labels(run, splits)
+    if _stale_teacher_dir(run, splits):
+        if dist.is_main:
+            finetune_teacher(run, progress=progress)
+        dist.barrier()
     if run.task == "classification":  # the quiz split, checked before any model loads (LM blocks: after encoding)
         data_mod.split_quiz(splits["train"], cfg.quiz_fraction, cfg.seed)
     if not _derived_student(run.student):
@@ -611,6 +681,7 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False) -> dict
     d = MetaDistiller(teacher, student, cfg, dist=dist, keep_teacher_adapters=True)  # a run file names its teacher
     teacher_before = d.evaluate(encoded["eval"], model="teacher")
     teacher_warning = _collapse_warning(run, teacher_before, encoded["eval"])
+    start_clock(d)  # checkpoints record the training seconds, so a resumed run reports the sum
     with measure(energy=EnergyMeter()) as m:
         history = d.fit(encoded["train"], eval_data=encoded["eval"], checkpoint_dir=Path(run.output) / "checkpoint",
                         resume=resume, log_dir=run.output)
@@ -618,7 +689,7 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False) -> dict
         "run": run.to_dict(), "student": history["eval"][-1], "teacher_before": teacher_before,
         # plain KD leaves the teacher as it was: no second evaluation
         "teacher_after": (teacher_before if cfg.meta_update == "none" else d.evaluate(encoded["eval"], model="teacher")),
-        "train": m.to_dict(),
+        "train": _train_time(m, d),
         "steps": len(history["train"]), "trainable_teacher_params": d.trainable_teacher_parameters(),
         # validation_fraction > 0: the best-validation point (its step, validation and eval scores) beside the last
         "best_validation": history.get("best"),

@@ -71,3 +71,9 @@ def save_tiny_encoder(target: Path) -> Path:
     model.bert.save_pretrained(str(target), safe_serialization=True)
     tokenizer.save_pretrained(str(target))
     return target
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> Path:
+    """``save_tiny_encoder`` once per session."""
+    return save_tiny_encoder(tmp_path_factory.mktemp("encoder") / "tiny")

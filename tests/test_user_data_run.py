@@ -5,18 +5,11 @@ collapse and the stopping limit reported."""
 from __future__ import annotations
 
 import json
-
-import pytest
+import os
 
 from metakd.cli import main
 
-from .conftest import save_tiny_encoder
 from .test_data_files import news_rows
-
-
-@pytest.fixture(scope="module")
-def encoder(tmp_path_factory):
-    return save_tiny_encoder(tmp_path_factory.mktemp("encoder") / "tiny")
 
 
 def write_run(tmp_path, encoder, data, output="out", extra: str = "") -> str:
@@ -34,13 +27,24 @@ distill: {{meta_update: lora, max_steps: 2, batch_size: 8, max_length: 16, progr
     return str(run)
 
 
-def test_headerless_string_labelled_four_classes(tmp_path, encoder, capsys, monkeypatch):
+def test_headerless_string_labelled_four_classes(tmp_path, tiny_encoder, capsys, monkeypatch):
+    """The issue's done-when: every row read, the header decision reported; and the reports of a run."""
     monkeypatch.setenv("METAKD_CACHE", str(tmp_path / "cache"))
+    old_mask = os.umask(0o022)
+    try:
+        _headerless_run(tmp_path, tiny_encoder, capsys)
+    finally:
+        os.umask(old_mask)
+
+
+def _headerless_run(tmp_path, encoder, capsys):
     data = tmp_path / "news.csv"
     data.write_text("\n".join(news_rows(101, first_label="Weather")) + "\n")
     assert main(["distill", write_run(tmp_path, encoder, data), "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert f"read 101 rows from {data}: no header row" in err
+    # --no-progress hides transformers' bars too
+    assert "Loading weights" not in err and "Writing model shards" not in err
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["label_names"] == ["Business", "Sci/Tech", "Sports", "Weather", "World"]
     # every row: 101 rows split 91/10 (seeded), nothing eaten by a header guess
@@ -53,3 +57,6 @@ def test_headerless_string_labelled_four_classes(tmp_path, encoder, capsys, monk
     # three fine-tuning steps teach a random tiny model nothing: said, and recorded
     assert "no better than predicting the majority class" in err
     assert "majority-class rate" in metrics["teacher_warning"]
+    # new directories get the user's umask (the test runs under 022), not mkdtemp's 0700
+    for made in ("out/teacher", "out/distilled", "out/checkpoint"):
+        assert (tmp_path / made).stat().st_mode & 0o777 == 0o755, made

@@ -211,7 +211,7 @@ def prepare(run, progress: bool = True) -> Prepared:
     student_dir = Path(run.output) / "distilled" / "student"
     if not (student_dir / "config.json").is_file():
         _log(f"no distilled student in {student_dir}: distilling first (as `metakd distill` does)")
-        distill(run, progress=progress)
+        distill(run, progress=progress, resume_if_present=True)  # continues an interrupted distillation
     else:
         _log(f"compressing the distilled student in {student_dir}")
     splits = load_data(run)

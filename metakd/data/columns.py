@@ -6,7 +6,7 @@ from __future__ import annotations
 import numbers
 from typing import Any, Callable, Mapping, Sequence, Union
 
-from .errors import DataError, _show, _show_list
+from .errors import DataError, _show_list
 from .labels import Text, _parse_label
 
 ColumnSpec = Union[str, int, Sequence[Union[str, int]], None]
@@ -35,7 +35,8 @@ def _resolve_columns(text_column: ColumnSpec, label_column: str | int | None, co
         single = next((name for name in TEXT_COLUMNS if name in columns), None)
         if pair is None and single is None:
             looked = ", ".join("/".join(p) for p in PAIR_COLUMNS) + "; then " + ", ".join(TEXT_COLUMNS)
-            raise DataError(f"{source}: no text column (looked for pairs {looked}); columns are {_show_list(columns)}{tip}")
+            raise DataError(f"{source}: no text column (looked for pairs {looked}); columns are "
+                            f"{_show_list(columns)}{tip}")
         text_keys = pair if pair is not None else (single,)
     if label_column is not None:
         label_keys = _keys(label_column, columns, headerless, source, "label")

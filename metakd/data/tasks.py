@@ -127,7 +127,8 @@ def _named_files(spec: Mapping[str, Any]) -> dict[str, Path]:
     """The train and eval files of ``{"train": PATH, "eval": PATH}``, checked."""
     keys = set(spec)
     if keys != {"train", "eval"}:
-        raise DataError(f"data as a mapping names two files, {{train: PATH, eval: PATH}}; got keys {_show(sorted(map(str, keys)))}")
+        raise DataError("data as a mapping names two files, {train: PATH, eval: PATH}; got keys "
+                        f"{_show(sorted(map(str, keys)))}")
     out = {}
     for role in ("train", "eval"):
         value = spec[role]
@@ -160,7 +161,8 @@ def _pick_split(ds: Any, wanted: str | None, name: str, role: str) -> str:
     available = list(ds.keys())
     if wanted is not None:
         if wanted not in available:
-            raise DataError(f"hub dataset {name!r} has no {role} split {wanted!r}; its splits are {_show_list(available)}")
+            raise DataError(f"hub dataset {name!r} has no {role} split {wanted!r}; its splits are "
+                            f"{_show_list(available)}")
         return wanted
     found = next((s for s in EVAL_SPLITS if s in available), None)
     if found is None:

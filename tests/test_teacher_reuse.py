@@ -1,0 +1,107 @@
+"""Fine-tuned teachers: cached by origin and reused across output directories, never reused for
+another run's data, and a stopped fine-tuning continues where it stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+import metakd.finetune
+from metakd.cli import main
+from metakd.finetune import finetune_classifier
+from metakd.models import tiny_classifier
+
+from .conftest import make_batch
+from .test_data_files import news_rows
+from .test_user_data_run import write_run
+
+
+def _examples(n: int = 24) -> list[dict]:
+    batch = make_batch(0, batch=n, labels=2, pad_rows=0)
+    return [{k: v[i] for k, v in batch.items()} for i in range(n)]
+
+
+def _signal_at(monkeypatch, call: int) -> None:
+    """SIGTERM this process when the fine-tuning loop prepares its ``call``-th batch."""
+    calls = {"n": 0}
+    original = metakd.finetune.model_inputs
+
+    def inputs(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(metakd.finetune, "model_inputs", inputs)
+
+
+def test_finetuning_stops_on_sigterm_and_resumes_bit_identical(tmp_path, monkeypatch):
+    from metakd.checkpoint import TrainingInterrupted
+
+    settings = dict(epochs=2, lr=1e-3, batch_size=4, seed=3, max_steps=None)
+    whole = tiny_classifier("bert", dropout=0.1, seed=5)
+    finetune_classifier(whole, _examples(), progress=False, **settings)
+
+    stopped = tiny_classifier("bert", dropout=0.1, seed=5)
+    _signal_at(monkeypatch, 3)
+    with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM after step 3"):
+        finetune_classifier(stopped, _examples(), progress=False, checkpoint_dir=tmp_path / "ck", **settings)
+    monkeypatch.undo()
+    resumed = tiny_classifier("bert", dropout=0.1, seed=5)
+    said: list[str] = []
+    losses = finetune_classifier(resumed, _examples(), progress=False, checkpoint_dir=tmp_path / "ck", log=said.append,
+                                 **settings)
+    assert len(losses) == 12 and said == [f"resuming the teacher's fine-tuning from the checkpoint in {tmp_path / 'ck'} "
+                                          "at step 3 of 12"]
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    # other settings: the checkpoint is set aside, not resumed
+    said.clear()
+    finetune_classifier(tiny_classifier("bert"), _examples(), progress=False, checkpoint_dir=tmp_path / "ck",
+                        log=said.append, **dict(settings, lr=2e-3))
+    assert said[0].startswith(f"not resuming the fine-tuning checkpoint in {tmp_path / 'ck'}: written with other "
+                              "settings (lr)")
+
+
+def test_sigterm_during_finetuning_inside_distill(tmp_path, tiny_encoder, capsys, monkeypatch):
+    monkeypatch.setenv("METAKD_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "news.csv"
+    data.write_text("\n".join(news_rows(60)) + "\n")
+    run = write_run(tmp_path, tiny_encoder, data)
+    _signal_at(monkeypatch, 2)
+    assert main(["distill", run, "--no-progress"]) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert (f"metakd: stopped by SIGTERM after step 2; checkpoint in {tmp_path / 'out' / 'teacher_checkpoint'}; "
+            f"continue with: metakd distill {run} --resume") in err
+    monkeypatch.undo()
+    monkeypatch.setenv("METAKD_CACHE", str(tmp_path / "cache"))
+    assert main(["distill", run, "--no-progress", "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming the teacher's fine-tuning from the checkpoint" in err and "at step 2 of 3" in err
+    assert not (tmp_path / "out" / "teacher_checkpoint").exists()
+
+
+def test_teacher_reused_across_outputs_and_refitted_for_other_data(tmp_path, tiny_encoder, capsys, monkeypatch):
+    monkeypatch.setenv("METAKD_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "news.csv"
+    data.write_text("\n".join(news_rows(60)) + "\n")
+    run = write_run(tmp_path, tiny_encoder, data)
+    assert main(["distill", run, "--no-progress"]) == 0
+    first = capsys.readouterr().err
+    assert "fine-tuned teacher saved to" in first and "cached in" in first
+    assert main(["distill", run, "--no-progress", "--output", str(tmp_path / "other")]) == 0
+    second = capsys.readouterr().err
+    assert "reusing the fine-tuned teacher cached in" in second and "fine-tuning the teacher" not in second
+    weights = "teacher/model.safetensors"
+    assert (tmp_path / "other" / weights).read_bytes() == (tmp_path / "out" / weights).read_bytes()
+    # the same output directory, other data: OUTPUT/teacher is not taken for it
+    data.write_text("\n".join(news_rows(60, first_label="Weather")) + "\n")
+    assert main(["distill", run, "--no-progress", "--overwrite"]) == 0
+    third = capsys.readouterr().err
+    assert f"the teacher in {tmp_path / 'out' / 'teacher'} was fine-tuned with other data, label_names" in third
+    record = json.loads((tmp_path / "out" / "teacher" / "metakd_finetune.json").read_text())
+    assert "Weather" in record["origin"]["label_names"]
