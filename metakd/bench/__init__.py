@@ -14,4 +14,5 @@ BENCHMARKS = {
     "kd-vs-meta": "metakd.bench.kd_vs_meta",
     "scaling": "metakd.bench.scaling",
     "compression": "metakd.bench.compression",
+    "quality": "metakd.bench.quality",
 }

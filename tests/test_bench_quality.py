@@ -1,0 +1,89 @@
+"""`metakd bench quality`: the paired statistics, the grid choice, its flags, and --quick end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from metakd.bench import quality
+from metakd.bench.stats import paired_difference, t_quantile
+
+
+def test_t_quantiles_match_the_tables():
+    assert t_quantile(0.975, 4) == pytest.approx(2.7764, abs=1e-4)
+    assert t_quantile(0.975, 1) == pytest.approx(12.7062, abs=1e-3)
+    assert t_quantile(0.8, 4) == pytest.approx(0.9410, abs=1e-4)
+    assert t_quantile(0.025, 9) == pytest.approx(-2.2622, abs=1e-4)
+
+
+def test_paired_difference_interval_and_detectable_difference():
+    d = paired_difference([0.80, 0.81, 0.79, 0.80, 0.82], [0.82, 0.82, 0.80, 0.83, 0.83])
+    diffs = [0.02, 0.01, 0.01, 0.03, 0.01]
+    sd = (sum((x - 0.016) ** 2 for x in diffs) / 4) ** 0.5
+    assert d["mean"] == pytest.approx(0.016) and d["std"] == pytest.approx(sd) and d["n"] == 5
+    assert d["ci_low"] == pytest.approx(0.016 - 2.7764 * sd / 5 ** 0.5, abs=1e-5)
+    assert d["detectable"] == pytest.approx((2.7764 + 0.9410) * sd / 5 ** 0.5, abs=1e-5)
+    assert paired_difference([0.5], [0.6])["ci_low"] is None  # one pair: no interval
+    with pytest.raises(ValueError, match="equally many"):
+        paired_difference([1.0, 2.0], [1.0])
+
+
+def _grid_run(mode: str, acc: float, lr: float) -> dict:
+    return {"mode": mode, "values": {"teacher_lr": lr}, "best_validation": {"validation": {"accuracy": acc}}}
+
+
+def test_choose_takes_the_best_validation_accuracy_first_on_ties():
+    grid = [_grid_run("lora", 0.7, 1.0), _grid_run("lora", 0.8, 2.0), _grid_run("lora", 0.8, 3.0),
+            _grid_run("full", 0.9, 4.0)]
+    assert quality.choose(grid, "lora")["values"]["teacher_lr"] == 2.0
+    assert quality.choose(grid, "full")["values"]["teacher_lr"] == 4.0
+
+
+def test_grid_variants_cover_the_product():
+    args = quality.parse(["--lora-teacher-lrs", "1e-4,1e-3", "--pilot-lrs", "0.01,0.1", "--lora-ranks", "4,16",
+                          "--full-teacher-lrs", "1e-5"])
+    variants = quality.grid_variants(args)
+    assert sum(v["mode"] == "lora" for v in variants) == 8 and sum(v["mode"] == "full" for v in variants) == 2
+    assert {"teacher_lr": 1e-3, "pilot_lr": 0.1, "lora_r": 16, "lora_alpha": 32} in [v["values"] for v in variants]
+
+
+def _bench(*argv: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "metakd", "bench", "quality", *argv], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--pilot-lrs", "0,1"], "--pilot-lrs"),
+    (["--modes", "lora,full"], "--modes must include none"),
+    (["--control-modes", "lora", "--modes", "none,full"], "--control-modes lora must be among --modes"),
+    (["--quick", "--set", "distill.validation_fraction=0"], "validation_fraction > 0"),
+])
+def test_bad_flags_fail_fast_with_one_line(argv, flag):
+    proc = _bench(*argv)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert flag in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_quick_end_to_end(tmp_path):
+    out = tmp_path / "results"
+    proc = _bench("--quick", "--jobs", "2", "--threads", "1", "--no-progress", "--out", str(out), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    payload = json.loads((out / "quality.json").read_text())
+    assert (out / "quality.png").stat().st_size > 1000 and "Grid" in (out / "quality.md").read_text()
+    arms = {e["arm"]: e for e in payload["summary"]}
+    assert set(arms) == {"none", "lora", "full", "frozen:full", "temperature:full"}
+    for arm, e in arms.items():
+        assert e["seeds"] == payload["seeds"] == [0, 1]
+        assert (arm == "none") == ("delta_best" not in e)
+    assert len(payload["grid"]) == 2 and payload["chosen"]["full"]["teacher_lr"] in (1e-4, 1e-3)
+    for r in payload["results"]:
+        assert r["best_validation"]["step"] in [p["step"] for p in r["validation_curve"]]
+        assert {"teacher_accuracy", "teacher_entropy", "teacher_kl_from_initial"} <= set(r["eval_curve"][-1])
+    full = [r for r in payload["results"] if r["mode"] == "full" and r["kind"] == "main"]
+    frozen = {r["seed"]: r for r in payload["results"] if r["kind"] == "frozen"}
+    for r in full:  # the frozen control distils from exactly the final full-meta teacher
+        assert frozen[r["seed"]]["teacher_before"]["accuracy"] == pytest.approx(r["teacher_after"]["accuracy"])
