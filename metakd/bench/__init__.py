@@ -12,4 +12,5 @@ BENCHMARKS = {
     "kd-vs-meta": "metakd.bench.kd_vs_meta",
     "scaling": "metakd.bench.scaling",
     "compression": "metakd.bench.compression",
+    "gpu": "metakd.bench.gpu",
 }
