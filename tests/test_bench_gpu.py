@@ -76,3 +76,11 @@ def test_cuda_without_a_gpu_is_a_one_line_error(capsys):
     assert cli_main(["bench", "gpu", "--device", "cuda"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("metakd: error: --device cuda: no CUDA GPU here") and err.count("\n") == 1
+
+
+def test_no_configuration_starts_after_the_time_budget(monkeypatch):
+    monkeypatch.setattr(gpu, "run_config", lambda *a, **k: pytest.fail("a configuration started after the budget"))
+    args = gpu.parse_args(["--device", "cpu", "--sizes", "tiny", "--modes", "none,lora", "--budget-s", "-1"])
+    rows = gpu.run_llm(args, torch.device("cpu"))
+    assert [(r["mode"], r["skipped"]) for r in rows] == [("none", "skipped: time budget of -1 s spent"),
+                                                         ("lora", "skipped: time budget of -1 s spent")]
