@@ -15,4 +15,5 @@ BENCHMARKS = {
     "scaling": "metakd.bench.scaling",
     "compression": "metakd.bench.compression",
     "quality": "metakd.bench.quality",
+    "gpu": "metakd.bench.gpu",
 }

@@ -7,8 +7,15 @@ from typing import Callable
 
 from .base import MetaProblem, MetaResult
 from .finite_diff_backend import finite_diff_meta_gradient
-from .higher_backend import higher_meta_gradient
 from .jvp_backend import jvp_meta_gradient
+
+
+def higher_meta_gradient(problem: MetaProblem) -> MetaResult:
+    """The ``higher`` backend, imported on first use: ``higher`` is loaded only when asked for."""
+    from .higher_backend import higher_meta_gradient as backend
+
+    return backend(problem)
+
 
 BACKENDS: dict[str, Callable[[MetaProblem], MetaResult]] = {
     "higher": higher_meta_gradient,
