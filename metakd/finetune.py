@@ -21,6 +21,7 @@ from . import evaluate
 from .atomic import directory_mode
 from .forward import model_inputs
 from .losses import next_token_ce
+from .rng import restore_global_rng
 
 
 def cache_dir() -> Path:
@@ -104,7 +105,7 @@ def finetune_classifier(model: nn.Module, train: Sequence, *, epochs: int = 2, l
                 if replay:  # the batches the checkpointed steps took
                     replay -= 1
                     if not replay:
-                        ckpt.restore_rng(rng)
+                        restore_global_rng(rng)
                     continue
                 if done >= total:
                     break

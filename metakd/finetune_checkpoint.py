@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from .atomic import atomic_directory
-from .checkpoint import (STATE_FILE, CheckpointError, _load_optimizer, _optimizer_tensors, _rng_tensors, _sha256,
+from .rng import global_rng_tensors
+from .checkpoint import (STATE_FILE, CheckpointError, _load_optimizer, _optimizer_tensors, _sha256,
                          _unshare)
 
 FORMAT = "metakd.finetune-checkpoint"
@@ -30,7 +31,7 @@ def save_finetune_checkpoint(directory: str | Path, model: nn.Module, optimizer:
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     opt, opt_meta = _optimizer_tensors("optim", optimizer)
     tensors.update(opt)
-    tensors.update(_rng_tensors())
+    tensors.update(global_rng_tensors())
     schedule_state = {k: v for k, v in schedule.state_dict().items() if k != "lr_lambdas"}
     meta = {"format": FORMAT, "version": VERSION, "steps_done": steps_done, "settings": settings,
             "optimizer": opt_meta, "schedule": schedule_state, "losses": losses}

@@ -51,3 +51,20 @@ def shuffle_generators(seed: int) -> dict[str, torch.Generator]:
 
 
 __all__ = ["seeded", "shuffle_generators", "step_seed"]
+
+
+def global_rng_tensors() -> dict[str, torch.Tensor]:
+    """The global RNG states (CPU, and this process's CUDA device when initialised) as tensors
+    named ``rng.cpu``/``rng.cuda``: teacher fine-tuning, which draws from the global RNG,
+    checkpoints them."""
+    out = {"rng.cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["rng.cuda"] = torch.cuda.get_rng_state()  # this process's device (no context on the others)
+    return out
+
+
+def restore_global_rng(rng: dict[str, torch.Tensor]) -> None:
+    """Put back the states :func:`global_rng_tensors` saved."""
+    torch.set_rng_state(rng["rng.cpu"])
+    if "rng.cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["rng.cuda"])
