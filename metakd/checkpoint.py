@@ -4,12 +4,15 @@ A checkpoint is a directory written all at once (temporary directory + rename):
 
 - ``state.safetensors``: the student (with its feature projections), the teacher's trained
   parameters (LoRA adapters, or every weight in ``meta_update="full"``), both optimizers' state
-  tensors and the RNG states;
-- ``checkpoint.json``: format and version, the step reached, the distillation config, the
-  optimizers' hyper-parameters, the metrics so far and the SHA-256 of the tensor file.
+  tensors and the states the distiller's shuffle generators had when this ``fit`` started;
+- ``checkpoint.json``: format and version, the step reached and the step this ``fit`` started
+  at, the distillation config, the optimizers' hyper-parameters, the metrics so far and the
+  SHA-256 of the tensor file.
 
-The data position is the number of steps done: on resume the seeded loaders are replayed to
-that point, so the next batch is the one an uninterrupted run would have seen. Nothing is
+The data position is the number of steps this ``fit`` has done: on resume the loaders are
+rebuilt from the saved generator states and replayed to that point, so the next batch is the
+one an uninterrupted run would have seen. Dropout needs no saved state: each step seeds it from
+the config's seed, the process's rank and the step number (``metakd.rng``). Nothing is
 unpickled: safetensors and JSON only.
 """
 
@@ -24,10 +27,13 @@ import torch
 from torch import nn
 
 from .atomic import atomic_directory
-from .config import ConfigError
+from .config import ConfigError, DistillConfig
+from .schedules import scheduler_state
 
 FORMAT = "metakd.checkpoint"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Version 1 (before the shuffle generators were saved) resumes a run's first ``fit``."""
 STATE_FILE = "state.safetensors"
 META_FILE = "checkpoint.json"
 RESUMABLE_CHANGES = {"progress", "checkpoint_every", "max_steps", "epochs", "eval_every", "eval_batch_size",
@@ -91,11 +97,16 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _rng_tensors() -> dict[str, torch.Tensor]:
-    out = {"rng.cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        out["rng.cuda"] = torch.cuda.get_rng_state()  # this process's device (no context on the others)
-    return out
+def _fit_start(distiller: Any) -> dict[str, Any]:
+    """Where the distiller's current ``fit`` started: its step and shuffle generator states (a
+    distiller stepped without ``fit``: now, with the generators a ``fit`` would start from)."""
+    start = getattr(distiller, "_fit_start", None)
+    if start is not None:
+        return start
+    from .rng import shuffle_generators
+
+    shuffle = getattr(distiller, "_shuffle", None) or shuffle_generators(distiller.config.seed)
+    return {"step": distiller.steps_done, **{k: g.get_state() for k, g in shuffle.items()}}
 
 
 def save_checkpoint(directory: str | Path, distiller: Any, history: dict[str, list],
@@ -113,12 +124,13 @@ def save_checkpoint(directory: str | Path, distiller: Any, history: dict[str, li
     opt_t, meta_t = _optimizer_tensors("optim_teacher", distiller.teacher_optimizer)
     tensors.update(opt_s)
     tensors.update(opt_t)
-    tensors.update(_rng_tensors())
+    start = _fit_start(distiller)
+    tensors.update({f"rng.{k}_shuffle": v for k, v in start.items() if k != "step"})
     tensors = _unshare(tensors)
-    meta = {"format": FORMAT, "version": VERSION, "steps_done": distiller.steps_done,
+    meta = {"format": FORMAT, "version": VERSION, "steps_done": distiller.steps_done, "fit_start_step": start["step"],
             "config": distiller.config.to_dict(), "optimizers": {"student": meta_s, "teacher": meta_t},
             "counters": {k: getattr(distiller, k) for k in ("skipped_steps", "bad_in_a_row") if hasattr(distiller, k)},
-            "history": history, "data": data}
+            "history": history, "data": data, "schedulers": scheduler_state(distiller)}
     scaler = getattr(distiller, "scaler", None)
     if scaler is not None and scaler.is_enabled():  # fp16: the loss scale and its growth tracker
         meta["scaler"] = {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in scaler.state_dict().items()}
@@ -176,8 +188,8 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path} is corrupt (not valid JSON: {exc}); delete {directory} to start over") from None
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise CheckpointError(f"{path}: not a metakd checkpoint of version {VERSION} "
+    if meta.get("format") != FORMAT or meta.get("version") not in READABLE_VERSIONS:
+        raise CheckpointError(f"{path}: not a metakd checkpoint of version {'/'.join(map(str, READABLE_VERSIONS))} "
                               f"(format {meta.get('format')!r}, version {meta.get('version')!r})")
     state = directory / STATE_FILE
     if not state.is_file() or _sha256(state) != meta.get("sha256"):
@@ -189,8 +201,9 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
 def check_config(saved: dict[str, Any], config: Any) -> None:
     """Refuse to resume with a config that would change the steps already taken."""
     current = json.loads(json.dumps(config.to_dict(), default=float))  # as saved: JSON keys are strings
+    defaults = json.loads(json.dumps(DistillConfig().to_dict(), default=float))  # fields newer than the checkpoint
     differ = sorted(k for k in set(saved) | set(current)
-                    if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+                    if k not in RESUMABLE_CHANGES and saved.get(k, defaults.get(k)) != current.get(k))
     if differ:
         pairs = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in differ[:4])
         raise CheckpointError(f"the checkpoint was written by a run with different settings ({pairs}); resume with "
@@ -198,9 +211,9 @@ def check_config(saved: dict[str, Any], config: Any) -> None:
 
 
 def load_checkpoint(directory: str | Path, distiller: Any, data: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Restore ``distiller`` from ``directory`` (models, optimizers, counters; the RNG state is
-    returned for the caller to set when it has replayed the data) and return the checkpoint's
-    metadata, with ``"rng"`` holding the saved RNG tensors."""
+    """Restore ``distiller`` from ``directory`` (models, optimizers, counters) and return the
+    checkpoint's metadata, with ``"fit_start"`` holding the step and the shuffle generator states
+    its ``fit`` started from, for the caller to replay the data."""
     from safetensors.torch import load_file
 
     directory = located(directory)
@@ -227,13 +240,42 @@ def load_checkpoint(directory: str | Path, distiller: Any, data: dict[str, Any] 
             p.copy_(teacher[name])
     _load_optimizer("optim_student", distiller.student_optimizer, meta["optimizers"]["student"], tensors)
     _load_optimizer("optim_teacher", distiller.teacher_optimizer, meta["optimizers"]["teacher"], tensors)
+    _load_schedulers(distiller, meta.get("schedulers"), directory)
     if meta.get("scaler") and getattr(distiller, "scaler", None) is not None and distiller.scaler.is_enabled():
         distiller.scaler.load_state_dict(meta["scaler"])
     distiller.steps_done = int(meta["steps_done"])
     for key, value in meta.get("counters", {}).items():
         setattr(distiller, key, value)
-    meta["rng"] = {k: v for k, v in tensors.items() if k.startswith("rng.")}
+    meta["fit_start"] = _saved_fit_start(meta, tensors, distiller.config.seed)
     return meta
+
+
+def _load_schedulers(distiller: Any, saved: dict[str, Any] | None, directory: Path) -> None:
+    """Restore the learning-rate schedules' position; refuse a resume that changes a schedule's
+    length (``max_steps``/``epochs`` may change only while both schedules are flat)."""
+    student = getattr(distiller, "student_scheduler", None)
+    if student is None or saved is None:
+        return
+    cfg = distiller.config
+    flat = (cfg.student_lr_schedule == cfg.teacher_lr_schedule == "constant") and cfg.warmup_ratio is None
+    if not flat and int(saved["total_steps"]) != int(distiller.schedule_steps):
+        raise CheckpointError(f"the checkpoint in {directory} follows learning-rate schedules over "
+                              f"{saved['total_steps']} steps but this run has {distiller.schedule_steps}; resume with "
+                              "the same max_steps/epochs (a schedule's shape depends on the run's length)")
+    student.load_state_dict(saved["student"])
+    teacher = getattr(distiller, "teacher_scheduler", None)
+    if teacher is not None and saved.get("teacher") is not None:
+        teacher.load_state_dict(saved["teacher"])
+
+
+def _saved_fit_start(meta: dict[str, Any], tensors: dict[str, torch.Tensor], seed: int) -> dict[str, Any]:
+    from .rng import shuffle_generators
+
+    if "rng.train_shuffle" in tensors:
+        return {"step": int(meta.get("fit_start_step", 0)), "train": tensors["rng.train_shuffle"],
+                "quiz": tensors["rng.quiz_shuffle"]}
+    # version 1: a first fit, whose loaders were seeded by the config
+    return {"step": 0, **{k: g.get_state() for k, g in shuffle_generators(seed).items()}}
 
 
 class TrainingInterrupted(Exception):
@@ -285,11 +327,5 @@ class StopSignals:
         self._previous = {}
 
 
-def restore_rng(rng: dict[str, torch.Tensor]) -> None:
-    torch.set_rng_state(rng["rng.cpu"])
-    if "rng.cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state(rng["rng.cuda"])
-
-
-__all__ = ["CheckpointError", "StopSignals", "TrainingInterrupted", "has_checkpoint", "load_checkpoint", "restore_rng",
+__all__ = ["CheckpointError", "StopSignals", "TrainingInterrupted", "has_checkpoint", "load_checkpoint",
            "save_checkpoint"]

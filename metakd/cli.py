@@ -97,7 +97,7 @@ def _run_command(args: argparse.Namespace) -> int:
 
     if env_rank() != 0:  # multi-process runs: the main process reports
         return 0
-    keys = ("perplexity", "loss") if run.task == "causal_lm" else ("accuracy", "f1", "precision", "recall")
+    keys = ("perplexity", "loss") if run.task == "causal_lm" else ("accuracy", "f1", "precision", "recall", "mcc")
     print(f"student ({run.distill.meta_update} meta-update, {result['steps']} steps): {_summary(result['student'], keys)}")
     print(f"teacher before -> after: {_summary(result['teacher_before'], keys[:1])} -> "
           f"{_summary(result['teacher_after'], keys[:1])}")

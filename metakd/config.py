@@ -18,6 +18,8 @@ PILOTS = ("restore", "reuse")
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 OPTIMIZERS = ("adamw", "sgd")
 PILOT_OPTIMIZERS = ("sgd", "adam")
+FD_SCHEMES = ("central", "forward")
+LR_SCHEDULES = ("constant", "linear", "cosine")
 PRECISIONS = ("fp32", "bf16", "fp16")
 REPORT_TO = ("tensorboard",)
 
@@ -57,6 +59,21 @@ class DistillConfig:
     """finite_diff only: the directional derivative steps θ ± ε·g with ε = fd_epsilon / ‖g‖ (a step
     of this length in parameter space). The error is O(fd_epsilon²) plus float rounding that grows
     as fd_epsilon shrinks; 1e-3 measured best in float32 and float64 on the test models."""
+    fd_scheme: str = "central"
+    """finite_diff only: "central" [L_in(θ+εg) − L_in(θ−εg)]/2ε (two extra student forwards, error
+    O(ε²)) or "forward" [L_in(θ+εg) − L_in(θ)]/ε (one extra forward; L_in(θ) reuses the pilot's
+    student outputs, same dropout masks; error O(ε))."""
+    teacher_layers: Any = "all"
+    """Which teacher blocks learn: "all", "top:k" (the last k blocks) or a list of block indices.
+    Otherwise only those blocks learn (lora: adapters only in them; full: only their weights; the
+    embeddings and the head learn in neither mode), and the frozen trunk (every block below the
+    lowest learning block, and the embeddings) runs once per meta-step without grad: the teacher
+    backward stops at its output and pilot="restore" replays it in the second teacher forward."""
+    meta_batch_size: int | None = None
+    """Rows of the training batch (its first ones) that the meta-gradient uses: the teacher
+    forward attached to φ, the pilot step, the directional derivative and the teacher backward.
+    The meta-gradient is then the exact one of a pilot step on that sub-batch; the real student
+    step still uses the whole batch (needs pilot="restore"). None: the whole batch."""
     teacher_checkpointing: bool = False
     """Recompute the teacher's block activations in the meta backward instead of keeping them
     from the teacher forward (activation checkpointing, use_reentrant=False): less memory while
@@ -87,6 +104,18 @@ class DistillConfig:
     teacher_optimizer: str = "adamw"
     student_lr: float = 5e-5
     teacher_lr: float = 1e-4
+    student_lr_schedule: str = "constant"
+    """Learning-rate schedule of the student optimizer over the run's training steps: "constant",
+    "linear" (decay to 0 at the last step) or "cosine" (half a cosine to 0), each after
+    ``warmup_steps``/``warmup_ratio`` of linear warm-up (``transformers.get_scheduler``; applied by
+    ``fit``, stepped once per training step, saved in checkpoints)."""
+    teacher_lr_schedule: str = "constant"
+    """The same for the teacher's meta-update optimizer (stepped once per training step, so with
+    ``meta_every`` > 1 the teacher's learning rate follows the training step, not its own steps)."""
+    warmup_steps: int | None = None
+    """Steps of linear learning-rate warm-up from 0 for both schedules (None: 0, or warmup_ratio)."""
+    warmup_ratio: float | None = None
+    """Warm-up as a share in [0, 1) of the run's training steps (rounded); set it or warmup_steps."""
     weight_decay: float = 0.0
     """Weight decay of both optimizers (AdamW's decoupled decay; SGD's L2 term)."""
     teacher_grad_clip: float | None = 1.0
@@ -98,14 +127,16 @@ class DistillConfig:
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
-    """Dropout on the adapters' input. The teacher's soft-label passes run in eval mode, so this
-    has effect only in passes that run in train mode."""
+    """Dropout on the teacher adapters' input (peft's ``lora_dropout``). It has no effect in metakd:
+    every teacher pass of a step (soft labels, the meta forward, ``pilot="restore"``) runs in eval mode,
+    where dropout is off. Kept for the adapters' own config (``teacher_adapters/``)."""
     lora_target_modules: list[str] | None = None
     """Module names that get LoRA adapters; None picks defaults for the architecture
     (peft's table, e.g. query/value for BERT, c_attn for GPT-2, else every Linear but the head)."""
     student_lora: bool = False
     """Train the student through LoRA adapters (plus its classification head) instead of every
-    weight: the LLM-Neo setting. Works in every meta mode and with every backend."""
+    weight: the LLM-Neo setting. Works in every meta mode; with a meta-update it needs
+    ``meta_grad="jvp"`` or ``"finite_diff"`` (``higher`` cannot patch peft's LoRA layers; refused)."""
     student_lora_r: int = 4
     student_lora_alpha: int = 8
     student_lora_target_modules: list[str] | None = None
@@ -119,6 +150,15 @@ class DistillConfig:
     """Weight of the mean-squared hidden-state loss over the mapped layers."""
     quiz_fraction: float = 0.1
     """Share of the training data carved out (deterministically, by seed) as the quiz split."""
+    validation_fraction: float = 0.0
+    """Share of the training data carved out (by seed, after the quiz split) as a validation split,
+    unique by text and disjoint from the quiz split and the evaluation data
+    (``metakd.data.split_validation``); it is scored at every evaluation and ``fit`` reports the
+    best-validation step (``history["best"]``). 0 disables it."""
+    track_teacher: int | None = None
+    """Classification: at every evaluation also score the teacher on the first N evaluation
+    examples: accuracy, mean entropy of its soft labels at ``temperature`` and KL(initial teacher
+    || current teacher) (``metakd.teacher_stats``). None disables it."""
     batch_size: int = 32
     quiz_batch_size: int | None = None
     """Quiz batch size; None uses batch_size."""
@@ -186,6 +226,24 @@ class DistillConfig:
         _positive("student_lr", self.student_lr)
         _positive("teacher_lr", self.teacher_lr)
         _non_negative("weight_decay", self.weight_decay)
+        _choice("student_lr_schedule", self.student_lr_schedule, LR_SCHEDULES)
+        _choice("teacher_lr_schedule", self.teacher_lr_schedule, LR_SCHEDULES)
+        if self.warmup_steps is not None and not (isinstance(self.warmup_steps, int)
+                                                  and not isinstance(self.warmup_steps, bool) and self.warmup_steps >= 0):
+            raise ConfigError(f"warmup_steps must be an integer >= 0 or null, got {self.warmup_steps!r}")
+        if self.warmup_ratio is not None and not (_is_number(self.warmup_ratio) and 0.0 <= self.warmup_ratio < 1.0):
+            raise ConfigError(f"warmup_ratio must be in [0, 1) or null, got {self.warmup_ratio!r}")
+        if self.warmup_steps is not None and self.warmup_ratio is not None:
+            raise ConfigError(f"set warmup_steps ({self.warmup_steps}) or warmup_ratio ({self.warmup_ratio}), not both")
+        if not (_is_number(self.validation_fraction) and 0.0 <= self.validation_fraction < 1.0):
+            raise ConfigError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
+        if _is_number(self.quiz_fraction) and self.quiz_fraction + self.validation_fraction >= 1.0:
+            raise ConfigError(f"quiz_fraction + validation_fraction must be below 1 (training data must remain), got "
+                              f"{self.quiz_fraction} + {self.validation_fraction}")
+        if self.track_teacher is not None:
+            _positive_int("track_teacher", self.track_teacher)
+            if self.task != "classification":
+                raise ConfigError("track_teacher scores a classifier teacher; it does not apply to task='causal_lm'")
         _non_negative("feature_weight", self.feature_weight)
         if not (_is_number(self.alpha) and 0.0 <= self.alpha <= 1.0):
             raise ConfigError(f"alpha must be in [0, 1], got {self.alpha!r}")
@@ -218,6 +276,18 @@ class DistillConfig:
         if self.student_lora and self.meta_grad == "higher" and self.meta_update != "none":
             raise ConfigError("student_lora with meta_grad='higher' is not supported: higher cannot patch peft's "
                               "LoRA layers; use meta_grad='jvp' (exact) or 'finite_diff'")
+        _choice("fd_scheme", self.fd_scheme, FD_SCHEMES)
+        if isinstance(self.teacher_layers, tuple):
+            self.teacher_layers = list(self.teacher_layers)
+        check_teacher_layers(self.teacher_layers)
+        if self.meta_batch_size is not None:
+            _positive_int("meta_batch_size", self.meta_batch_size)
+            if self.meta_batch_size > self.batch_size:
+                raise ConfigError(f"meta_batch_size {self.meta_batch_size} is larger than batch_size "
+                                  f"{self.batch_size}: it takes the first rows of each training batch")
+            if self.pilot == "reuse" and self.meta_batch_size < self.batch_size and self.meta_update != "none":
+                raise ConfigError("meta_batch_size needs pilot='restore': pilot='reuse' would step the student on "
+                                  "the sub-batch's pilot gradient, and the real step must use the whole batch")
         if not isinstance(self.teacher_checkpointing, bool):
             raise ConfigError(f"teacher_checkpointing must be true or false, got {self.teacher_checkpointing!r}")
 
@@ -256,6 +326,22 @@ class DistillConfig:
 
     def replace(self, **changes: Any) -> "DistillConfig":
         return dataclasses.replace(self, **changes)
+
+
+def check_teacher_layers(spec: Any) -> None:
+    """Raise ConfigError unless ``spec`` has the shape of a ``teacher_layers`` value (the block
+    count is checked against the teacher by ``metakd.trunk.resolve_teacher_layers``)."""
+    if spec == "all":
+        return
+    if isinstance(spec, str):
+        kind, _, count = spec.partition(":")
+        if kind == "top" and count.isdigit() and int(count) > 0:
+            return
+    elif isinstance(spec, (list, tuple)) and spec and all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in spec) and len(set(spec)) == len(spec):
+        return
+    raise ConfigError(f"teacher_layers must be 'all', 'top:k' (k >= 1) or a list of distinct block indices >= 0, "
+                     f"got {spec!r}")
 
 
 def _yaml_number(value: Any) -> Any:

@@ -21,8 +21,11 @@ from .precision import check_precision
 from .models import (ModelError, attach_lora, attach_student_lora, count_parameters, find_layer_list, has_lora,
                      meta_parameters, use_eager_attention)
 from .objective import DistillStudent, Objective
-from .quantization import check_meta_update
+from .quantization import check_meta_update, keep_differentiable
+from .rng import seeded
+from .sharing import structural_copy
 from .training import TrainingLoopMixin
+from .trunk import FrozenTrunk, resolve_teacher_layers
 from .vocab import shared_vocab_size
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,20 @@ def resolve_feature_layers(layers: Mapping[int, int], n_student: int, n_teacher:
     return out
 
 
+def _check_teacher_adapters(teacher: nn.Module, mode: str, keep: bool) -> None:
+    """Refuse a teacher that carries LoRA adapters unless the caller means it (and always in full
+    mode, which would train them along with every weight)."""
+    if not has_lora(teacher):
+        return
+    if mode == "full":
+        raise ModelError("meta_update='full' trains every weight of a plain teacher, but this teacher carries LoRA "
+                         "adapters; merge them first (peft: teacher.merge_and_unload()) or pass the base model")
+    if not keep:
+        raise ModelError("the teacher already carries LoRA adapters (a peft model, or d.teacher of an earlier "
+                         "MetaDistiller); pass the base model for fresh adapters, or keep_teacher_adapters=True to "
+                         f"distil from these adapters (meta_update={mode!r})")
+
+
 def _hidden_width(model: nn.Module) -> int | None:
     return getattr(getattr(model, "config", None), "hidden_size", None)
 
@@ -68,10 +85,20 @@ class MetaDistiller(MetaStepMixin, TrainingLoopMixin):
     """Distil ``teacher`` into ``student`` with a teacher that learns to teach.
 
     ``teacher`` and ``student`` are Hugging Face models (or any ``nn.Module`` whose output has
-    ``.logits``). In ``meta_update="lora"`` mode the teacher gets LoRA adapters (unless it has
-    some already) and only those receive the meta-gradient; ``"full"`` trains every teacher
-    weight; ``"none"`` is plain KD with a frozen teacher. ``d.teacher`` and ``d.student`` are the
-    live models.
+    ``.logits``). In ``meta_update="lora"`` mode the teacher gets fresh LoRA adapters and only
+    those receive the meta-gradient; ``"full"`` trains every teacher weight; ``"none"`` is plain
+    KD with a frozen teacher. ``d.teacher`` and ``d.student`` are the live models.
+
+    The caller's ``teacher`` is left as it was: the distiller works on a structural copy that
+    shares its weights (``metakd.sharing.structural_copy``: no second copy of the weights in
+    memory), so adapters, ``requires_grad`` flags and device moves stay on ``d.teacher``, and
+    another distiller built from the same teacher starts from the same model. ``"full"`` mode
+    trains the shared weights in place, as the student is trained in place: pass
+    ``copy.deepcopy(teacher)`` to keep the original. A teacher that already carries LoRA adapters
+    (a peft model, or ``d.teacher`` of an earlier distiller) is refused unless
+    ``keep_teacher_adapters=True`` says it is meant: then lora mode meta-updates those adapters and
+    plain KD distils from the teacher with them; ``"full"`` refuses such a teacher (merge the
+    adapters first).
 
     ``timer`` (e.g. ``metakd.telemetry.PhaseTimer(device)``) times the phases of every step
     (teacher_forward, pilot, quiz, directional_derivative, teacher_backward, teacher_step,
@@ -85,12 +112,16 @@ class MetaDistiller(MetaStepMixin, TrainingLoopMixin):
     """
 
     def __init__(self, teacher: nn.Module, student: nn.Module, config: DistillConfig | None = None,
-                 device: str | torch.device | None = None, timer: Any = None, dist: Dist | None = None):
+                 device: str | torch.device | None = None, timer: Any = None, dist: Dist | None = None,
+                 keep_teacher_adapters: bool = False):
         self.config = cfg = config or DistillConfig()
         cfg.validate()
+        _check_teacher_adapters(teacher, cfg.meta_update, keep_teacher_adapters)
         self.dist = dist if dist is not None else Dist.from_env()
         self.dist.check_config(cfg)  # batch sizes divisible by the processes; no 'higher' across processes
         check_meta_update(teacher, cfg.meta_update)  # a quantized teacher: LoRA meta-update only
+        if cfg.meta_update != "none":
+            keep_differentiable(teacher)  # bitsandbytes' packed CPU 4-bit kernel drops gradients
         if device is None and self.dist.distributed:
             device = self.dist.device  # one GPU per process (or the CPU)
         self.device = torch.device(device) if device is not None else next(student.parameters()).device
@@ -107,21 +138,31 @@ class MetaDistiller(MetaStepMixin, TrainingLoopMixin):
             if t_labels is not None and s_labels is not None and t_labels != s_labels:
                 raise ModelError(f"teacher has {t_labels} labels but the student has {s_labels}")
             self.num_labels = s_labels or t_labels
+        self.timer = timer
 
         # LoRA adapters and feature projections start from random weights: seed them by config,
-        # so a run is reproducible from its seed alone
-        torch.manual_seed(cfg.seed)
+        # so a run is reproducible from its seed alone, and leave the caller's RNG as it was
+        with seeded(cfg.seed, self.device):
+            self._build(teacher, student)
+        self._shuffle: dict[str, torch.Generator] | None = None  # rng.shuffle_generators, made by the first fit
+        self.steps_done = 0
+
+    def _build(self, teacher: nn.Module, student: nn.Module) -> None:
+        """Models (adapters, eager attention, feature projections), objective and optimizers."""
+        cfg = self.config
+        teacher = structural_copy(teacher)  # the caller's teacher keeps its modules, flags and device
+        self.teacher_layers = resolve_teacher_layers(cfg.teacher_layers, len(find_layer_list(teacher)[1]))
         if cfg.meta_update == "lora" and not has_lora(teacher):
-            teacher = attach_lora(teacher, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+            teacher = attach_lora(teacher, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules,
+                                  layers=self.teacher_layers)
         self.teacher = teacher.to(self.device)
-        self.phi = meta_parameters(self.teacher, cfg.meta_update)
+        self.phi = meta_parameters(self.teacher, cfg.meta_update, self.teacher_layers)
         if cfg.student_lora and not has_lora(student):
             student = attach_student_lora(student, cfg.student_lora_r, cfg.student_lora_alpha, 0.0,
                                           cfg.student_lora_target_modules)
         if cfg.meta_update != "none" and cfg.meta_grad in ("higher", "jvp"):
             # fused SDPA kernels have no double backward (higher) and no forward derivative (jvp)
             use_eager_attention(student)
-        self.timer = timer
 
         feature_layers = self._check_feature_layers(teacher, student, cfg.feature_layers or {})
         t_width, s_width = _hidden_width(self.teacher), _hidden_width(student)
@@ -132,6 +173,7 @@ class MetaDistiller(MetaStepMixin, TrainingLoopMixin):
         ).to(self.device)
         self.teacher_blocks = (blocks_path(self.teacher)
                                if feature_layers or (cfg.teacher_checkpointing and cfg.meta_update != "none") else None)
+        self.trunk = self._frozen_trunk(feature_layers)
         self.objective = Objective(cfg.temperature, cfg.alpha, feature_layers, cfg.feature_weight,
                                    cfg.divergence, cfg.jsd_beta, task=cfg.task, lm_chunk_size=cfg.lm_chunk_size,
                                    vocab_size=self.vocab_size)
@@ -143,7 +185,6 @@ class MetaDistiller(MetaStepMixin, TrainingLoopMixin):
                                                 cfg.weight_decay)
         self.teacher_optimizer = (make_optimizer(cfg.teacher_optimizer, self.phi, cfg.teacher_lr, cfg.weight_decay)
                                   if self.phi else None)
-        self.steps_done = 0
 
     # ------------------------------------------------------------------ the live models
     @property
@@ -157,6 +198,15 @@ class MetaDistiller(MetaStepMixin, TrainingLoopMixin):
 
     def trainable_teacher_parameters(self) -> int:
         return count_parameters(self.phi)
+
+    def _frozen_trunk(self, feature_layers: Mapping[int, int]) -> FrozenTrunk | None:
+        """The teacher's frozen trunk (the blocks below the lowest learning one) in a meta mode with
+        ``teacher_layers`` other than "all"; None when every block from the first one learns."""
+        if self.config.meta_update == "none" or not self.teacher_layers or self.teacher_layers[0] == 0:
+            return None
+        # teacher hidden state t is the output of block t-1
+        return FrozenTrunk(self.teacher, blocks_path(self.teacher), self.teacher_layers[0],
+                           keep=[t - 1 for t in feature_layers.values() if t >= 1])
 
     @staticmethod
     def _check_feature_layers(teacher: nn.Module, student: nn.Module, layers: Mapping[int, int]) -> dict[int, int]:

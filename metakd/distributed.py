@@ -6,7 +6,8 @@ equal slices the global loss is the mean over processes of the slices' losses, a
 gradient of it is the mean over processes of the slices' gradients: averaging the student's
 gradients, the pilot and quiz gradients of the meta-step and the teacher's meta-gradient
 (:meth:`Dist.all_reduce_mean`) gives every process the one-process result, so the models stay
-identical everywhere without ever being broadcast.
+identical everywhere without ever being broadcast. Only the per-step randomness (dropout) is
+seeded with the rank too (``metakd.rng.step_seed``), so each process draws its own masks.
 
 In a single process (no ``WORLD_SIZE`` > 1 in the environment) :class:`Dist` is a no-op: it
 neither imports accelerate nor initialises ``torch.distributed``.
@@ -104,6 +105,8 @@ class Dist:
         if cfg.meta_update != "none":
             sizes.append(("quiz_batch_size" if cfg.quiz_batch_size else "quiz batch size (= batch_size)",
                           cfg.quiz_batch_size or cfg.batch_size))
+        if cfg.meta_update != "none" and cfg.meta_batch_size is not None:
+            sizes.append(("meta_batch_size", cfg.meta_batch_size))  # each process: the first share of its rows
         for name, size in sizes:
             if size % w:
                 raise ConfigError(f"{name} {size} is not divisible by the {w} processes: every process takes an "

@@ -1,5 +1,5 @@
-"""Evaluation metrics: accuracy, macro F1 / precision / recall, loss, throughput; perplexity and
-generation speed of causal LMs."""
+"""Evaluation metrics: accuracy, macro-averaged F1 / precision / recall, Matthews correlation,
+loss, throughput; perplexity and generation speed of causal LMs."""
 
 from __future__ import annotations
 
@@ -15,10 +15,15 @@ from . import losses
 
 
 def classification_scores(predictions: Tensor, labels: Tensor, num_classes: int | None = None) -> dict[str, float]:
-    """Accuracy and macro-averaged precision, recall and F1.
+    """Accuracy, macro-averaged precision, recall and F1, and Matthews correlation (``mcc``).
 
-    A class that is never predicted has precision 0; a class absent from the labels is left out
-    of the macro averages (as scikit-learn does with ``labels`` set to the classes present).
+    F1, precision and recall are macro averages: the unweighted mean over classes, so a rare
+    class counts as much as a common one. A class that is never predicted has precision 0; a
+    class absent from the labels is left out of the macro averages (as scikit-learn does with
+    ``labels`` set to the classes present). ``mcc`` is the multi-class Matthews correlation
+    (Gorodkin's R_K, scikit-learn's ``matthews_corrcoef``; the standard metric of acceptability
+    tasks such as CoLA): 1 perfect, 0 no better than chance (and 0 when all predictions or all
+    labels are one class), -1 always wrong on two classes.
     """
     predictions = predictions.reshape(-1).long().cpu()
     labels = labels.reshape(-1).long().cpu()
@@ -42,7 +47,43 @@ def classification_scores(predictions: Tensor, labels: Tensor, num_classes: int 
         "f1": float(f1[present].mean()),
         "precision": float(precision[present].mean()),
         "recall": float(recall[present].mean()),
+        "mcc": matthews_correlation(confusion),
     }
+
+
+def matthews_correlation(confusion: Tensor) -> float:
+    """Multi-class Matthews correlation of a confusion matrix (rows: true class, columns: predicted)."""
+    c = confusion.double()
+    n = c.sum()
+    correct = c.diag().sum()
+    predicted, actual = c.sum(0), c.sum(1)
+    cov = correct * n - (predicted * actual).sum()
+    denominator = torch.sqrt((n * n - (predicted * predicted).sum()) * (n * n - (actual * actual).sum()))
+    return float(cov / denominator) if float(denominator) > 0 else 0.0
+
+
+def majority_rate(labels: Iterable[int]) -> float:
+    """The accuracy of always predicting the most frequent label."""
+    counts: dict[int, int] = {}
+    for y in labels:
+        counts[int(y)] = counts.get(int(y), 0) + 1
+    if not counts:
+        raise ValueError("no labels")
+    return max(counts.values()) / sum(counts.values())
+
+
+def collapse_warning(scores: Mapping[str, float], labels: Iterable[int], role: str = "teacher",
+                     margin: float = 0.01) -> str | None:
+    """A warning when a classifier's accuracy is within ``margin`` of the majority-class rate (it
+    learned nothing beyond the class prior: often every prediction is one class); else None."""
+    rate = majority_rate(labels)
+    accuracy = float(scores["accuracy"])
+    if accuracy > rate + margin:
+        return None
+    return (f"the {role} is no better than predicting the majority class (accuracy {accuracy:.3f}, majority-class "
+            f"rate {rate:.3f}, macro recall {float(scores.get('recall', float('nan'))):.3f}): its soft labels carry "
+            "little; fine-tune it longer (finetune.epochs, finetune.max_steps), try another finetune.lr (e.g. 2e-5 "
+            "or 1e-4), or give it more data (finetune.n_train)")
 
 
 @torch.no_grad()
@@ -106,7 +147,8 @@ def evaluate_model(model: Any, data: Any, *, task: str = "classification", batch
                    pad: int | Mapping[str, int] = 0, side: str = "teacher", num_labels: int | None = None,
                    lm_chunk_size: int | None = 1024, device: "torch.device | str | None" = None) -> dict[str, float]:
     """Scores of ``model`` on ``data`` (encoded examples, or an iterable of collated batches such as
-    a DataLoader) as ``task`` measures them: accuracy, macro F1/precision/recall, loss, examples/s and
+    a DataLoader) as ``task`` measures them: accuracy, macro F1/precision/recall, Matthews correlation
+    (``mcc``), loss, examples/s and
     tokens/s for classification; next-token loss, perplexity and tokens/s for ``"causal_lm"``.
 
     Reads the ``side`` ("teacher" or "student") inputs of split-tokenizer batches; ``pad`` is the

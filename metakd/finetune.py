@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -27,6 +28,22 @@ def cache_dir() -> Path:
         return Path(os.environ["METAKD_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "metakd"
+
+
+def step_plan(examples: int, batch_size: int, epochs: int, max_steps: int | None) -> tuple[int, str]:
+    """(steps, why): how many optimizer steps ``epochs`` over ``examples`` in batches of
+    ``batch_size`` (the last one partial) and ``max_steps`` give, and which limit stops the run."""
+    batches = math.ceil(examples / batch_size)
+    full = epochs * batches
+    epochs_text = f"{epochs} epoch(s) of {batches} batch(es) of {batch_size}"
+    if max_steps is None:
+        return full, f"{full} steps: {epochs_text}"
+    if max_steps < full:
+        return max_steps, f"{max_steps} steps: max_steps {max_steps} stops it before the end of {epochs_text} ({full} steps)"
+    if max_steps > full:
+        return full, (f"{full} steps: {epochs_text} end it before max_steps {max_steps} is reached (raise epochs to "
+                      "run longer)")
+    return full, f"{full} steps: {epochs_text}, which is max_steps too"
 
 
 def finetune_classifier(model: nn.Module, train: Sequence, *, epochs: int = 2, lr: float = 5e-5,

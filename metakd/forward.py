@@ -10,7 +10,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -79,9 +79,9 @@ def capture_hidden(model: nn.Module, blocks_path: str, layers: set[int]) -> Iter
 
 
 @contextmanager
-def checkpointed_blocks(model: nn.Module, blocks_path: str) -> Iterator[None]:
-    """While active, every transformer block of ``model`` runs under activation checkpointing
-    (``use_reentrant=False``): a forward keeps only each block's inputs and the backward recomputes
+def checkpointed_blocks(model: nn.Module, blocks_path: str, only: Iterable[int] | None = None) -> Iterator[None]:
+    """While active, every transformer block of ``model`` (or only the blocks at the indices
+    ``only``) runs under activation checkpointing (``use_reentrant=False``): a forward keeps only each block's inputs and the backward recomputes
     the rest. Works in eval mode (unlike Transformers' own switch) and leaves forward hooks intact.
 
     The model's KV cache is off meanwhile (``config.use_cache``), as under Transformers' own
@@ -93,7 +93,10 @@ def checkpointed_blocks(model: nn.Module, blocks_path: str) -> Iterator[None]:
     if cached:
         config.use_cache = False
     originals = []
-    for block in blocks:
+    chosen = None if only is None else set(only)
+    for i, block in enumerate(blocks):
+        if chosen is not None and i not in chosen:
+            continue
         original = block.forward
         originals.append((block, "forward" in vars(block)))
         block.forward = partial(_checkpointed, original)

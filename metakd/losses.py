@@ -104,9 +104,10 @@ def token_kd_loss(
     Logits are ``[B, L, V]``. The soft term (``kd_divergence`` per position, times T²) averages
     over the positions where ``mask`` (``[B, L]``, 1 = real token; None: all) is set; the hard
     term is the mean cross-entropy of position t against ``labels[:, t + 1]`` (-100 = ignored).
-    Positions are processed ``chunk_size`` at a time, each chunk under activation checkpointing
-    when a gradient is needed, so the loss keeps no ``[B·L, V]`` intermediates for the backward:
-    beyond the two logits tensors it holds ``chunk_size × V`` values at a time. None: one chunk.
+    Positions are processed ``chunk_size`` at a time (views from one ``torch.split``), each chunk under
+    activation checkpointing when a gradient is needed, so the loss keeps no ``[B·L, V]`` intermediates
+    for the backward: beyond the two logits tensors it holds ``chunk_size × V`` values at a time, and the
+    backward writes the chunks' gradients into one ``[B·L, V]`` gradient per logits tensor. None: one chunk.
     """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
@@ -137,9 +138,9 @@ def token_kd_loss(
     step = s_flat.shape[0] if not chunk_size else int(chunk_size)
     needs_grad = torch.is_grad_enabled() and (s_flat.requires_grad or t_flat.requires_grad)
     loss = s_flat.new_zeros(())
-    for start in range(0, s_flat.shape[0], step):
-        piece = (s_flat[start:start + step], t_flat[start:start + step], weights[start:start + step],
-                 targets[start:start + step])
+    # one torch.split per tensor: a single SplitBackward gathers the chunks' gradients into one [B·L, V]
+    # tensor, where slicing (s_flat[a:b]) would allocate a zero-filled [B·L, V] gradient for every chunk
+    for piece in zip(*(x.split(step) for x in (s_flat, t_flat, weights, targets))):
         if needs_grad and step < s_flat.shape[0]:
             loss = loss + checkpoint(chunk_loss, *piece, use_reentrant=False)
         else:

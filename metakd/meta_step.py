@@ -7,14 +7,17 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any, Mapping, Sequence
+from contextlib import nullcontext
+from typing import Any, ContextManager, Mapping, Sequence
 
 import torch
 
 from .forward import Outputs, checkpointed_blocks, model_inputs, run, to_device
 from .metagrad import MetaProblem, MetaResult, meta_gradient
 from .metagrad.base import NullTimer
+from .trunk import FrozenTrunk, TrunkOutput, first_rows
 from .precision import autocast
+from .rng import seeded, step_seed
 
 log = logging.getLogger("metakd.distiller")
 
@@ -49,6 +52,11 @@ class MetaStepMixin:
     """``step`` and ``meta_gradient`` of MetaDistiller (which sets the models, optimizers, config,
     objective and ``dist`` these methods use)."""
 
+    teacher_layers: list[int] | None = None
+    """Indices of the teacher blocks that learn (None: all); set by MetaDistiller."""
+    trunk: FrozenTrunk | None = None
+    """The frozen trunk below the learning blocks (None: none); set by MetaDistiller."""
+
     # ------------------------------------------------------------------ one step
     @property
     def timer(self) -> Any:
@@ -68,7 +76,7 @@ class MetaStepMixin:
         layers = set(self.objective.feature_layers.values())
         with self.timer.phase("teacher_forward"), self.autocast():
             if checkpointed and torch.is_grad_enabled():
-                with checkpointed_blocks(self.teacher, self.teacher_blocks):
+                with checkpointed_blocks(self.teacher, self.teacher_blocks, only=self.teacher_layers):
                     return run(self.teacher, model_inputs(batch, "teacher"), self.teacher_blocks, layers)
             return run(self.teacher, model_inputs(batch, "teacher"), self.teacher_blocks, layers)
 
@@ -88,7 +96,14 @@ class MetaStepMixin:
 
     def step(self, batch: Mapping[str, Any], quiz_batch: Mapping[str, Any] | None = None) -> dict[str, float]:
         """One training step: a meta-step (pilot, quiz, teacher update, student update) when the
-        mode and ``meta_every`` call for one, else a plain KD step. Returns floats."""
+        mode and ``meta_every`` call for one, else a plain KD step. Returns floats.
+
+        Dropout draws from the global RNG seeded by ``metakd.rng.step_seed(seed, rank, step)``
+        (other masks in every step and process); the caller's RNG state is restored after."""
+        with seeded(step_seed(self.config.seed, self.dist.rank, self.steps_done), self.device):
+            return self._step(batch, quiz_batch)
+
+    def _step(self, batch: Mapping[str, Any], quiz_batch: Mapping[str, Any] | None) -> dict[str, float]:
         batch, quiz_batch = self.dist.shard(batch), self.dist.shard(quiz_batch)  # this process's rows
         cfg = self.config
         is_meta = cfg.meta_update != "none" and self.steps_done % cfg.meta_every == 0
@@ -140,6 +155,24 @@ class MetaStepMixin:
             self.scaler.update()
         return value
 
+    def meta_batch(self, batch: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The rows of ``batch`` the meta-gradient uses: the first ``meta_batch_size`` (split evenly
+        over data-parallel processes: the first ``meta_batch_size / processes`` of each shard)."""
+        size = self.config.meta_batch_size
+        if size is not None and self.dist.distributed:
+            size //= self.dist.world_size
+        return first_rows(batch, size)
+
+    def _run_trunk(self, batch: Mapping[str, Any]) -> TrunkOutput | None:
+        """The frozen trunk's outputs on ``batch`` (no grad), or None when every block learns."""
+        if self.trunk is None:
+            return None
+        with self.timer.phase("teacher_forward"):
+            return self.trunk.run(model_inputs(batch, "teacher"))
+
+    def _reusing_trunk(self, trunk: TrunkOutput | None) -> ContextManager[None]:
+        return nullcontext() if trunk is None else self.trunk.reused(trunk)
+
     # ------------------------------------------------------------------ fp16 loss scaling
     _overflow: bool = False  # this step's fp16 gradients overflowed at the current loss scale
 
@@ -155,29 +188,39 @@ class MetaStepMixin:
     def _loss_scale(self) -> float:
         return float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
 
-    def meta_gradient(self, batch: Mapping[str, Any], quiz_batch: Mapping[str, Any]) -> MetaResult:
+
+    def meta_gradient(self, batch: Mapping[str, Any], quiz_batch: Mapping[str, Any],
+                      trunk: TrunkOutput | None = None) -> MetaResult:
         """The meta-gradient ``∇_φ L_quiz`` of this batch and quiz batch with the configured backend,
-        without stepping anything (the teacher forward, pilot and quiz only)."""
+        without stepping anything (the teacher forward, pilot and quiz only), on the first
+        ``meta_batch_size`` rows of ``batch``. ``trunk``: the frozen trunk's outputs on ``batch``
+        (or more rows), computed here when None."""
         cfg = self.config
         if not self.phi:
             raise ValueError("meta_update='none' has no teacher meta parameters")
         batch, quiz_batch = to_device(batch, self.device), to_device(quiz_batch, self.device)
         self.teacher.eval()
         self._student.train()
+        batch = self.meta_batch(batch)
+        if trunk is None:
+            trunk = self._run_trunk(batch)
         with torch.enable_grad():
-            t_out = self.teacher_outputs(batch, checkpointed=cfg.teacher_checkpointing)  # attached to φ
+            with self._reusing_trunk(trunk):  # the trunk keeps no graph: the teacher backward stops at its output
+                t_out = self.teacher_outputs(batch, checkpointed=cfg.teacher_checkpointing)  # attached to φ
             return meta_gradient(cfg.meta_grad, MetaProblem(
                 student=self._student, params=self.student_params, objective=self.objective,
                 teacher_out=t_out, batch=batch, quiz_batch=quiz_batch, phi=self.phi,
                 pilot_lr=cfg.pilot_lr, unroll_steps=cfg.unroll_steps, pilot_optimizer=cfg.pilot_optimizer,
-                fd_epsilon=cfg.fd_epsilon, timer=self.timer,
+                fd_epsilon=cfg.fd_epsilon, fd_scheme=cfg.fd_scheme, timer=self.timer,
                 reduce=self.dist.all_reduce_mean if self.dist.distributed else None,
                 autocast=self.autocast, loss_scale=self._loss_scale(),
             ))
 
     def _meta_update(self, batch: Mapping[str, Any], quiz_batch: Mapping[str, Any]) -> dict[str, float]:
         cfg = self.config
-        result = self.meta_gradient(batch, quiz_batch)
+        # the trunk once per meta-step: on the whole batch when the restore forward replays it
+        trunk = self._run_trunk(batch if cfg.pilot == "restore" else self.meta_batch(batch))
+        result = self.meta_gradient(batch, quiz_batch, trunk)
         bad = _non_finite([("inner loss", result.inner_loss), ("pilot gradient", result.pilot_grads),
                            ("quiz loss", result.quiz_loss), ("meta-gradient", result.phi_grads)])
         if (bad and self.scaler.is_enabled() and "inner loss" not in bad
@@ -204,7 +247,8 @@ class MetaStepMixin:
 
         out = {"inner_loss": result.inner_loss, "quiz_loss": result.quiz_loss, "teacher_grad_norm": grad_norm}
         if cfg.pilot == "restore":
-            out["student_loss"] = self._student_step(batch)
+            with self._reusing_trunk(trunk):  # the trunk did not change: recompute the learning blocks only
+                out["student_loss"] = self._student_step(batch)
         else:
             with self.timer.phase("student_step"):
                 for p, g in zip(self.student_params, result.pilot_grads):

@@ -331,9 +331,10 @@ def default_lora_targets(model: nn.Module) -> list[str]:
 
 
 def attach_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modules: list[str] | None,
-                modules_to_save: list[str] | None = None):
+                modules_to_save: list[str] | None = None, layers: list[int] | None = None):
     """Wrap ``model`` with fresh LoRA adapters (peft); only the adapters (and ``modules_to_save``,
-    trainable copies that peft saves with the adapters) are trainable.
+    trainable copies that peft saves with the adapters) are trainable. ``layers``: put adapters
+    only into these transformer blocks (peft's ``layers_to_transform``); None: every block.
 
     No task type is set, so peft adds no trainable copy of the classifier head unless asked: the
     teacher's meta-update reaches the adapters and nothing else.
@@ -344,8 +345,11 @@ def attach_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_mod
     # GPT-2 style Conv1D layers store weights transposed; peft must be told.
     fan_in_fan_out = any(type(m).__name__ == "Conv1D" and n.rsplit(".", 1)[-1] in targets
                          for n, m in model.named_modules())
+    placement = {}
+    if layers is not None:
+        placement = dict(layers_to_transform=list(layers), layers_pattern=find_layer_list(model)[0].rsplit(".", 1)[-1])
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-                        fan_in_fan_out=fan_in_fan_out, modules_to_save=modules_to_save)
+                        fan_in_fan_out=fan_in_fan_out, modules_to_save=modules_to_save, **placement)
     try:
         # peft probes a deprecated Transformers attribute; the warning is not the user's concern.
         with warnings.catch_warnings(action="ignore", category=FutureWarning):
@@ -383,11 +387,18 @@ def attach_student_lora(student: nn.Module, r: int, alpha: int, dropout: float,
                        modules_to_save=heads or None)
 
 
-def meta_parameters(teacher: nn.Module, mode: str) -> list[nn.Parameter]:
-    """Set ``requires_grad`` for the meta mode and return φ, the teacher parameters it trains."""
+def meta_parameters(teacher: nn.Module, mode: str, layers: list[int] | None = None) -> list[nn.Parameter]:
+    """Set ``requires_grad`` for the meta mode and return φ, the teacher parameters it trains:
+    the LoRA adapters (lora), every weight but adapters (full), nothing (none);
+    ``layers``: only parameters inside these transformer blocks (None: anywhere)."""
+    prefixes = None
+    if layers is not None:
+        path = find_layer_list(teacher)[0]
+        prefixes = tuple(f"{path}.{i}." for i in layers)
     phi = []
     for name, p in teacher.named_parameters():
-        train = mode == "full" or (mode == "lora" and LORA_MARKER in name)
+        train = (mode == "full" and LORA_MARKER not in name) or (mode == "lora" and LORA_MARKER in name)
+        train = train and (prefixes is None or name.startswith(prefixes))
         p.requires_grad_(train)
         if train:
             phi.append(p)

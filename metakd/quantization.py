@@ -7,11 +7,19 @@ meta-gradient. Loading goes through ``from_pretrained(..., quantization_config=.
 ``device_map={"": device}``, on a GPU or on the CPU (tested with bitsandbytes 0.50.2 on CPU; an 8-bit
 teacher needs bitsandbytes >= 0.48, before which Transformers refuses ``.to()`` on an 8-bit model and
 ``MetaDistiller`` moves the teacher to its device).
+
+4-bit weights are quantized in blocks of ``BLOCKSIZE_4BIT`` consecutive weights. On a CPU with
+AVX512-BF16, bitsandbytes repacks each 4-bit weight for its CPU kernel at the first no-grad forward in
+eval mode, which needs ``in_features`` to be a multiple of the blocksize and ``out_features`` a multiple of
+``CPU_PACK_ROWS`` (otherwise: a reshape or assertion error deep in bitsandbytes). ``quantize`` and
+``load_quantized`` therefore keep such Linear layers in full precision on every machine (so a saved model
+loads anywhere), log them, and list them in ``model.metakd_full_precision`` (name -> reason).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -28,6 +36,12 @@ KINDS = ("classification", "causal_lm")
 HEAD_MODULES = ["classifier", "score", "lm_head"]
 """Output heads kept in full precision: they are small and a quantized head would blur the logits."""
 INSTALL_HINT = "pip install 'metakd[quant]'"
+BLOCKSIZE_4BIT = 64
+"""bitsandbytes' 4-bit blocksize (``Params4bit``'s default; Transformers' ``BitsAndBytesConfig`` keeps it)."""
+CPU_PACK_ROWS = 32
+"""Output rows per group of bitsandbytes' CPU 4-bit weight packing (``_convert_weight_packed_for_cpu``)."""
+
+log = logging.getLogger(__name__)
 
 
 def require_bitsandbytes() -> Any:
@@ -41,9 +55,10 @@ def require_bitsandbytes() -> Any:
 
 
 def quantization_config(bits: int, quant_type: str = "nf4", compute_dtype: torch.dtype = torch.float32,
-                        double_quant: bool = False):
+                        double_quant: bool = False, skip_modules: list[str] | None = None):
     """A Transformers ``BitsAndBytesConfig`` for ``bits`` = 4 (``quant_type`` "nf4" or "fp4",
-    matmuls in ``compute_dtype``) or 8 (LLM.int8()); output heads stay unquantized."""
+    matmuls in ``compute_dtype``) or 8 (LLM.int8()); output heads and the modules named in
+    ``skip_modules`` (full dotted names) stay unquantized."""
     if isinstance(bits, bool) or bits not in BITS:
         raise ModelError(f"quantization bits must be 4 or 8, got {bits!r}")
     if bits == 4 and quant_type not in QUANT_TYPES:
@@ -53,11 +68,56 @@ def quantization_config(bits: int, quant_type: str = "nf4", compute_dtype: torch
     require_bitsandbytes()
     from transformers import BitsAndBytesConfig
 
+    # Transformers matches each entry as a regex from the start of a module's name, or as a suffix
+    skip = list(HEAD_MODULES) + [re.escape(name) for name in skip_modules or ()]
     if bits == 8:
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(HEAD_MODULES))
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
                               bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_use_double_quant=double_quant,
-                              llm_int8_skip_modules=list(HEAD_MODULES))
+                              llm_int8_skip_modules=skip)
+
+
+def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
+    """(in_features, out_features) of a Linear layer or a GPT-2 ``Conv1D`` (both of which Transformers
+    replaces with bitsandbytes layers), else None."""
+    if type(module) is nn.Linear:
+        return module.in_features, module.out_features
+    if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None:
+        return tuple(module.weight.shape)  # Conv1D stores [in, out]
+    return None
+
+
+def full_precision_layers(model: nn.Module, bits: int) -> dict[str, str]:
+    """The Linear layers of ``model`` that ``quantize``/``load_quantized`` keep in full precision at
+    ``bits``, with the reason: at 4 bits those whose ``in_features`` is not a multiple of
+    ``BLOCKSIZE_4BIT`` (in particular narrower than one block) or whose ``out_features`` is not a multiple
+    of ``CPU_PACK_ROWS`` — shapes bitsandbytes' AVX512-BF16 CPU path cannot pack. Output heads
+    (``HEAD_MODULES``, never quantized) are not listed. Nothing at 8 bits."""
+    if bits != 4:
+        return {}
+    out: dict[str, str] = {}
+    for name, module in model.named_modules():
+        shape = _linear_shape(module)
+        if shape is None or name.rsplit(".", 1)[-1] in HEAD_MODULES:
+            continue
+        fan_in, fan_out = shape
+        if fan_in < BLOCKSIZE_4BIT:
+            out[name] = f"in_features {fan_in} < 4-bit blocksize {BLOCKSIZE_4BIT}"
+        elif fan_in % BLOCKSIZE_4BIT:
+            out[name] = f"in_features {fan_in} not a multiple of the 4-bit blocksize {BLOCKSIZE_4BIT}"
+        elif fan_out % CPU_PACK_ROWS:
+            out[name] = f"out_features {fan_out} not a multiple of {CPU_PACK_ROWS} (bitsandbytes' CPU packing)"
+    return out
+
+
+def _report_full_precision(model: nn.Module, layers: dict[str, str]) -> nn.Module:
+    model.metakd_full_precision = dict(layers)
+    if layers:
+        shown = ", ".join(f"{name} ({why})" for name, why in list(layers.items())[:8])
+        more = f" and {len(layers) - 8} more" if len(layers) > 8 else ""
+        log.warning("kept %d Linear layer(s) in full precision, which 4-bit bitsandbytes cannot hold on every CPU: "
+                    "%s%s", len(layers), shown, more)
+    return model
 
 
 def default_device() -> torch.device:
@@ -71,11 +131,12 @@ def load_quantized(path_or_id: str | Path, bits: int, quant_type: str = "nf4", k
     from a local directory or hub id with its Linear layers quantized to ``bits`` on ``device`` (default:
     the GPU if there is one, else the CPU). Non-quantized parts (embeddings, norms, heads) are kept in
     ``compute_dtype``. A classifier without a head for ``num_labels`` gets a fresh one (unquantized).
-    The tokenizer is loaded as usual (``AutoTokenizer.from_pretrained``)."""
+    Layers listed by ``full_precision_layers`` stay in ``compute_dtype`` too (logged; the returned
+    model's ``metakd_full_precision``). The tokenizer is loaded as usual (``AutoTokenizer.from_pretrained``)."""
     if kind not in KINDS:
         raise ModelError(f"kind must be 'classification' or 'causal_lm', got {kind!r}")
-    config = quantization_config(bits, quant_type, compute_dtype)
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    quantization_config(bits, quant_type, compute_dtype)  # bad settings fail before any loading
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     dev = torch.device(device) if device is not None else default_device()
@@ -86,6 +147,11 @@ def load_quantized(path_or_id: str | Path, bits: int, quant_type: str = "nf4", k
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected for an encoder
     try:
+        model_config = AutoConfig.from_pretrained(str(path_or_id), **extra)
+        with torch.device("meta"):  # the layer shapes, without allocating or reading any weight
+            skeleton = auto.from_config(model_config)
+        narrow = full_precision_layers(skeleton, bits)
+        config = quantization_config(bits, quant_type, compute_dtype, skip_modules=list(narrow))
         model = auto.from_pretrained(str(path_or_id), quantization_config=config, device_map={"": str(dev)},
                                      dtype=compute_dtype, **extra)
     except OSError as exc:
@@ -94,19 +160,21 @@ def load_quantized(path_or_id: str | Path, bits: int, quant_type: str = "nf4", k
         hf_logging.set_verbosity(verbosity)
     if kind == "classification" and model.config.pad_token_id is None:
         model.config.pad_token_id = 0  # as load_classifier does for a tokenizer without a pad token
-    return model
+    return _report_full_precision(model, narrow)
 
 
 def quantize(model: nn.Module, bits: int, quant_type: str = "nf4", device: str | torch.device | None = None,
              compute_dtype: torch.dtype = torch.float32) -> nn.Module:
     """A quantized copy of an in-memory Hugging Face model (e.g. a tiny random one): saved to a
     temporary directory and reloaded with ``from_pretrained(quantization_config=...)``, the path a
-    checkpoint on disk takes. ``model`` itself is left as it is."""
+    checkpoint on disk takes. Layers listed by ``full_precision_layers`` stay in full precision (logged;
+    the returned model's ``metakd_full_precision``). ``model`` itself is left as it is."""
     if not hasattr(model, "save_pretrained"):
         raise ModelError(f"{type(model).__name__} is not a Hugging Face model (no save_pretrained)")
     if is_quantized(model):
         raise ModelError("the model is already quantized")
-    config = quantization_config(bits, quant_type, compute_dtype)
+    narrow = full_precision_layers(model, bits)
+    config = quantization_config(bits, quant_type, compute_dtype, skip_modules=list(narrow))
     dev = torch.device(device) if device is not None else default_device()
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
@@ -114,8 +182,9 @@ def quantize(model: nn.Module, bits: int, quant_type: str = "nf4", device: str |
     extra = {"attn_implementation": attn} if attn else {}  # the attention kernel is not saved with the config
     with tempfile.TemporaryDirectory(prefix="metakd-quantize-") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        return type(model).from_pretrained(tmp, quantization_config=config, device_map={"": str(dev)},
-                                           dtype=compute_dtype, **extra)
+        quantized = type(model).from_pretrained(tmp, quantization_config=config, device_map={"": str(dev)},
+                                                dtype=compute_dtype, **extra)
+    return _report_full_precision(quantized, narrow)
 
 
 def _bnb_layer_types() -> tuple[type, ...]:
@@ -146,6 +215,36 @@ def check_meta_update(teacher: nn.Module, meta_update: str) -> None:
         raise ModelError("meta_update='full' cannot train a quantized (4/8-bit) teacher: its base weights are "
                          "frozen integer codes. Use meta_update='lora' (LoRA adapters on the quantized teacher), "
                          "or load the teacher unquantized for a full meta-update.")
+
+
+def keep_differentiable(model: nn.Module) -> int:
+    """Switch off bitsandbytes' AVX512-BF16 CPU repacking of the 4-bit layers in ``model`` (and undo it where
+    a no-grad eval-mode forward already repacked a weight). The packed kernel has no backward: after the
+    first no-grad forward, gradients through the layer's input are silently dropped, which would cut the
+    meta-gradient of every adapter below it. ``MetaDistiller`` calls this on a quantized teacher it
+    meta-updates. A weight that was already repacked is unpacked with bitsandbytes' inverse, which keeps
+    its block scales rounded to bf16 (logged). Returns the number of layers switched."""
+    bnb = sys.modules.get("bitsandbytes")
+    linear4bit = getattr(getattr(bnb, "nn", None), "Linear4bit", None)
+    if linear4bit is None:
+        return 0
+    switched, unpacked = 0, 0
+    for module in model.modules():
+        if not isinstance(module, linear4bit):
+            continue
+        module.support_avx512bf16_for_cpu = False  # read by Linear4bit.forward before it repacks
+        weight = module.weight
+        if getattr(getattr(weight, "quant_state", None), "packing_format_for_cpu", False):
+            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+            weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
+            unpacked += 1
+        switched += 1
+    if unpacked:
+        log.warning("%d 4-bit layer(s) had been repacked for bitsandbytes' CPU kernel by a no-grad forward and were "
+                    "unpacked; their block scales stay rounded to bf16 (weights move by up to ~0.4%%). Build "
+                    "MetaDistiller before running the quantized teacher to avoid this.", unpacked)
+    return switched
 
 
 def teacher_memory_bytes(model: nn.Module) -> int:
@@ -201,11 +300,35 @@ class _FirstOnly(logging.Filter):
         return True
 
 
+class _DropKernelHubMessage(logging.Filter):
+    """Drops bitsandbytes' "Failed to load CPU gemm_4bit_forward from kernels-community" record: logged at
+    import on AVX512-BF16 CPUs when the optional ``kernels`` package (a download from the Hugging Face hub)
+    is absent; bitsandbytes then uses its own CPU kernel, so there is nothing for the user to do."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(KERNEL_HUB_MESSAGE)
+
+
+KERNEL_HUB_MESSAGE = "Failed to load CPU gemm_4bit_forward from kernels-community"
+
+
+def _silence_kernel_hub_message() -> None:
+    """Install the filter on bitsandbytes' CPU-backend logger (created here if bitsandbytes is not imported
+    yet, so it also covers peft's own ``import bitsandbytes``); nothing is imported."""
+    log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    if not any(isinstance(f, _DropKernelHubMessage) for f in log.filters):
+        log.addFilter(_DropKernelHubMessage())
+
+
+_silence_kernel_hub_message()
+
+
 def _log_cast_warning_once() -> None:
     log = logging.getLogger("bitsandbytes.autograd._functions")
     if not any(isinstance(f, _FirstOnly) for f in log.filters):
         log.addFilter(_FirstOnly())
 
 
-__all__ = ["BITS", "HEAD_MODULES", "KINDS", "QUANT_TYPES", "check_meta_update", "is_quantized", "load_quantized",
+__all__ = ["BITS", "BLOCKSIZE_4BIT", "CPU_PACK_ROWS", "HEAD_MODULES", "KINDS", "QUANT_TYPES", "check_meta_update",
+           "full_precision_layers", "is_quantized", "keep_differentiable", "load_quantized",
            "quantization_config", "quantize", "require_bitsandbytes", "teacher_memory_bytes"]

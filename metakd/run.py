@@ -41,10 +41,15 @@ class RunConfig:
     "alternate", "first:k", "last:k", or "random:key=value,..." (a re-sized random model of the
     teacher's architecture, e.g. random:num_hidden_layers=2,hidden_size=192,intermediate_size=768)."""
     task: str = "classification"
-    data: str = "embedded"
-    """A data spec of metakd.data: a file, a directory, a hub name ("glue/sst2"), or "embedded"."""
-    text_column: str | None = None
-    label_column: str | None = None
+    data: str | dict[str, str] = "embedded"
+    """A data spec of metakd.data: a file, a directory, {train: PATH, eval: PATH}, a hub name
+    ("glue/sst2"), or "embedded" (README: "Describing your data")."""
+    text_column: str | int | list | None = None
+    label_column: str | int | None = None
+    header: bool | None = None
+    """Delimited files: whether the first row is a header (null: decided from evidence, reported)."""
+    label_map: dict[str, str] = field(default_factory=dict)
+    """Data label name -> label name of a trained teacher (or student) with other names for the same classes."""
     n_train: int | None = None
     """A seeded subset of the training split (None: all); the quiz split is carved from it."""
     n_eval: int | None = None
@@ -68,13 +73,21 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ConfigError(f"task must be one of {', '.join(map(repr, TASKS))}; got {self.task!r}")
-        for name in ("teacher", "student", "data", "output"):
+        if isinstance(self.data, dict):
+            if self.task == "causal_lm":
+                raise ConfigError("causal_lm data is one corpus (a file, directory or hub name), not {train, eval}")
+            if set(self.data) != {"train", "eval"} or not all(isinstance(v, str) and v.strip()
+                                                              for v in self.data.values()):
+                raise ConfigError(f"data as a mapping names two files, {{train: PATH, eval: PATH}}; got {self.data!r}")
+        if self.header is not None and not isinstance(self.header, bool):
+            raise ConfigError(f"header must be true, false or null (decided from the file), got {self.header!r}")
+        for name in ("teacher", "student", "output") + (() if isinstance(self.data, dict) else ("data",)):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
         if self.distill.task != self.task:
             self.distill = self.distill.replace(task=self.task)
-        for name in ("finetune", "teacher_config"):
+        for name in ("finetune", "teacher_config", "label_map"):
             if getattr(self, name) is None:  # an empty 'finetune:' line
                 setattr(self, name, {})
             if not isinstance(getattr(self, name), dict):
@@ -84,6 +97,7 @@ class RunConfig:
                 hint = difflib.get_close_matches(str(key), list(FINETUNE_KEYS), n=1)
                 raise ConfigError(f"unknown finetune key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
                                   + f" (known: {', '.join(FINETUNE_KEYS)})")
+        self.label_map = {str(k): str(v) for k, v in self.label_map.items()}
         self.finetune = {k: _yaml_number(self.finetune.get(k, v)) for k, v in FINETUNE_KEYS.items()}
         for key in ("epochs", "batch_size", "n_train", "max_steps"):
             value = self.finetune[key]
@@ -343,6 +357,32 @@ def check_num_labels(run: RunConfig, source: str, num_labels: int | None, role: 
                              "this label set, or its base model (a new head is then trained)")
 
 
+def align_label_names(run: RunConfig, source: str, splits: dict[str, Any], role: str = "teacher") -> dict[str, Any]:
+    """``splits`` with label ids in the order of the ``id2label`` that a trained classifier
+    ``source`` carries (``metakd.label_names.align_labels``; ``label_map`` maps other names);
+    unchanged for models without a trained head or without saved names. A mismatch of names is
+    a DataError before anything loads."""
+    from .label_names import align_labels, saved_label_names
+    from .models import model_config
+
+    if run.task != "classification" or source.startswith("new:") or "label_names" not in splits:
+        return splits
+    config = model_config(source, role)
+    if not any(str(a).endswith("ForSequenceClassification") for a in getattr(config, "architectures", None) or ()):
+        return splits
+    names = saved_label_names(config)
+    if names is None:
+        if run.label_map:
+            raise ConfigError(f"label_map is set, but the {role} {source!r} has no label names to map to (only "
+                              "LABEL_0, LABEL_1, ...)")
+        return splits
+    aligned, changed = align_labels(splits, names, source, role, run.label_map)
+    if changed:
+        _log(f"data labels numbered as the {role} {source!r} numbers them: "
+             + ", ".join(f"{i}={n}" for i, n in enumerate(aligned["label_names"][:10])))
+    return aligned
+
+
 def load_teacher(run: RunConfig, num_labels: int | None, source: str | None = None):
     """(teacher, tokenizer): the fine-tuned teacher in ``output/teacher`` when it exists, else the
     configured one; quantized when ``teacher_bits`` is set."""
@@ -398,7 +438,7 @@ def load_data(run: RunConfig, seed: int | None = None) -> dict[str, Any]:
     if run.task == "causal_lm":
         return data_mod.load_lm_corpus(run.data, seed=seed)
     return data_mod.load_task(run.data, run.n_train, run.n_eval, seed, text_column=run.text_column,
-                              label_column=run.label_column)
+                              label_column=run.label_column, header=run.header, report=_log)
 
 
 def encode_splits(run: RunConfig, splits: dict[str, Any], tokenizer, student_tokenizer=None) -> dict[str, Any]:
@@ -438,7 +478,8 @@ def finetune_teacher(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     """Fine-tune (or, for ``new:ARCH``, train from scratch) the teacher on the task's training
     split and save it with ``save_pretrained`` (safetensors) plus its tokenizer in
     ``output/teacher``, where ``distill`` picks it up. Returns the teacher's eval scores."""
-    from .finetune import finetune_classifier
+    from .finetune import finetune_classifier, step_plan
+    from .label_names import set_label_names
     from .telemetry import measure
 
     ft = run.finetune
@@ -448,7 +489,7 @@ def finetune_teacher(run: RunConfig, progress: bool = True) -> dict[str, Any]:
         raise ConfigError("fine-tune the teacher unquantized (drop teacher_bits for finetune-teacher); "
                           "distill then loads the saved teacher quantized")
     check_run(run, teacher=_teacher_source(run), student=False)
-    splits = load_data(run)
+    splits = align_label_names(run, _teacher_source(run), load_data(run))
     num_labels = _num_labels(run, splits)
     if run.teacher.startswith("new:"):
         from .scratch import new_causal_lm, train_bpe_tokenizer
@@ -463,8 +504,9 @@ def finetune_teacher(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     encoded = encode_splits(run, splits, tokenizer)
     train = encoded["train"]
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
-    _log(f"fine-tuning the teacher on {len(train)} {'blocks' if run.task == 'causal_lm' else 'examples'} "
-         f"({ft['epochs']} epoch(s), lr {ft['lr']})")
+    _, plan = step_plan(len(train), int(ft["batch_size"]), int(ft["epochs"]), ft["max_steps"])
+    _log(f"fine-tuning the teacher on {len(train)} {'blocks' if run.task == 'causal_lm' else 'examples'}, lr {ft['lr']}: "
+         f"{plan.replace('max_steps', 'finetune.max_steps').replace('raise epochs', 'raise finetune.epochs')}")
     with measure() as m:
         finetune_classifier(model, train, epochs=int(ft["epochs"]), lr=float(ft["lr"]), batch_size=int(ft["batch_size"]),
                             seed=run.distill.seed, pad_id=pad, progress=progress, task=run.task,
@@ -473,11 +515,38 @@ def finetune_teacher(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     target = run.teacher_dir
     report = {"teacher": run.teacher, "saved": str(target), "eval": scores, "train": m.to_dict(),
               "n_train": len(train)}
+    warning = _collapse_warning(run, scores, encoded["eval"])
+    if warning:
+        report["warning"] = warning
+    if "label_names" in splits:
+        set_label_names(model, splits["label_names"])
     with atomic_directory(target) as tmp:  # a kill mid-save never leaves a half-written teacher to pick up
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         (tmp / "metakd_finetune.json").write_text(json.dumps(report, indent=2, default=str))
     return report
+
+
+def _distill_plan(cfg: DistillConfig, train) -> str:
+    """Which limit ends the distillation (``distill.epochs`` or ``distill.max_steps``), in words."""
+    from .finetune import step_plan
+
+    student_part, _ = data_mod.split_quiz(train, cfg.quiz_fraction, cfg.seed)
+    _, plan = step_plan(len(student_part), cfg.batch_size, cfg.epochs, cfg.max_steps)
+    plan = plan.replace("max_steps", "distill.max_steps").replace("raise epochs", "raise distill.epochs")
+    return plan.replace(" batch(es)", f" batch(es) (after the {cfg.quiz_fraction:g} quiz split)", 1)
+
+
+def _collapse_warning(run: RunConfig, scores: dict[str, float], eval_data, role: str = "teacher") -> str | None:
+    """Log (and return) a warning when a classifier scores no better than the majority class."""
+    from .evaluate import collapse_warning
+
+    if run.task != "classification":
+        return None
+    warning = collapse_warning(scores, data_mod.labels_of(eval_data), role)
+    if warning:
+        _log(f"warning: {warning}")
+    return warning
 
 
 def evaluate_model_on(run: RunConfig, model, data, pad: int | dict[str, int], side: str = "teacher") -> dict[str, float]:
@@ -501,6 +570,7 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False) -> dict
     from .distiller import MetaDistiller
     from .distributed import Dist
     from .evaluate import generation_speed
+    from .label_names import set_label_names
     from .telemetry import EnergyMeter, measure
 
     dist = Dist.from_env()  # before any model loads: it picks this process's GPU
@@ -519,6 +589,12 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False) -> dict
         data_mod.split_quiz(splits["train"], cfg.quiz_fraction, cfg.seed)
     if not _derived_student(run.student):
         check_num_labels(run, run.student, num_labels, "student")
+    splits = align_label_names(run, teacher_source(run), splits)
+    if not _derived_student(run.student):
+        student_aligned = align_label_names(run, run.student, splits, "student")
+        if student_aligned["label_names"] != splits["label_names"]:
+            raise data_mod.DataError(f"the student {run.student!r} numbers the labels {student_aligned['label_names']} "
+                                     f"but the teacher {splits['label_names']}; use models that agree")
     teacher, tokenizer = load_teacher(run, num_labels)
     if getattr(teacher, "metakd_new_head", False):
         _log(f"the teacher's classification head is untrained: fine-tuning it on the task first "
@@ -530,9 +606,11 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False) -> dict
     student, student_tokenizer = build_student(run, teacher, tokenizer, num_labels)
     encoded = encode_splits(run, splits, tokenizer, student_tokenizer)
     _log(f"{len(encoded['train'])} training and {len(encoded['eval'])} evaluation "
-         f"{'blocks' if run.task == 'causal_lm' else 'examples'}; meta_update={cfg.meta_update}")
-    d = MetaDistiller(teacher, student, cfg, dist=dist)
+         f"{'blocks' if run.task == 'causal_lm' else 'examples'}; meta_update={cfg.meta_update}; "
+         + _distill_plan(cfg, encoded["train"]))
+    d = MetaDistiller(teacher, student, cfg, dist=dist, keep_teacher_adapters=True)  # a run file names its teacher
     teacher_before = d.evaluate(encoded["eval"], model="teacher")
+    teacher_warning = _collapse_warning(run, teacher_before, encoded["eval"])
     with measure(energy=EnergyMeter()) as m:
         history = d.fit(encoded["train"], eval_data=encoded["eval"], checkpoint_dir=Path(run.output) / "checkpoint",
                         resume=resume, log_dir=run.output)
@@ -542,6 +620,8 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False) -> dict
         "teacher_after": (teacher_before if cfg.meta_update == "none" else d.evaluate(encoded["eval"], model="teacher")),
         "train": m.to_dict(),
         "steps": len(history["train"]), "trainable_teacher_params": d.trainable_teacher_parameters(),
+        # validation_fraction > 0: the best-validation point (its step, validation and eval scores) beside the last
+        "best_validation": history.get("best"),
         "student_params": sum(p.numel() for p in d.student.parameters()),
         "trainable_student_params": sum(p.numel() for p in d.student_params),
     }
@@ -551,7 +631,12 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False) -> dict
         result["teacher_generation"] = generation_speed(d.teacher, prompts, run.generation_tokens)
     if "label_names" in splits:
         result["label_names"] = splits["label_names"]
+    if teacher_warning:
+        result["teacher_warning"] = teacher_warning
     result["saved"] = str(Path(run.output) / "distilled")
+    if "label_names" in splits:  # config.json of every saved model names its labels
+        set_label_names(d.student, splits["label_names"])
+        set_label_names(d.teacher, splits["label_names"])
     if dist.is_main:  # every process holds the same models: one writes them
         d.save(result["saved"], tokenizer=tokenizer, student_tokenizer=student_tokenizer)
         (Path(run.output) / "metrics.json").write_text(json.dumps({**result, "history": history}, indent=2,
@@ -560,5 +645,5 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False) -> dict
     return result
 
 
-__all__ = ["RunConfig", "apply_overrides", "build_student", "check_num_labels", "check_run", "distill", "encode_splits", "evaluate_model_on", "finetune_teacher",
+__all__ = ["RunConfig", "align_label_names", "apply_overrides", "build_student", "check_num_labels", "check_run", "distill", "encode_splits", "evaluate_model_on", "finetune_teacher",
            "load_data", "load_teacher", "teacher_source"]

@@ -14,8 +14,9 @@ if TYPE_CHECKING:
 
 def save_distilled(d: "MetaDistiller", directory: str | Path, tokenizer: Any = None,
                    student_tokenizer: Any = None) -> Path:
-    """Save the result with the Hugging Face / peft APIs, safetensors only, atomically (a crash
-    mid-save leaves the previous save intact):
+    """Save the result with the Hugging Face / peft APIs, safetensors only, through
+    ``atomic_directory`` (a crash mid-save leaves the previous save intact; a kill between its two
+    renames leaves the previous save as ``.NAME.old``, which nothing here restores):
 
     - ``student/``: the distilled student (LoRA adapters merged in when ``student_lora``),
       reloadable with ``AutoModel*.from_pretrained``; ``student_adapters/`` holds the bare

@@ -16,9 +16,26 @@ from tqdm.auto import tqdm
 
 from . import data as data_mod
 from .evaluate import evaluate_model
+from .schedules import attach_schedulers, current_lrs, step_schedulers
 from .step_log import StepLog, format_eta
+from .rng import shuffle_generators
 
 log = logging.getLogger("metakd.distiller")
+
+
+def best_validation(history: dict[str, list], task: str = "classification") -> dict[str, Any] | None:
+    """The evaluation point with the best validation score (highest accuracy; for ``causal_lm``
+    lowest loss; the earliest on ties): ``{"step", "validation": scores, "eval": scores at that
+    step or None}``; None without validation points."""
+    points = history.get("validation") or []
+    if not points:
+        return None
+    if task == "causal_lm":
+        best = min(points, key=lambda p: (p["loss"], p["step"]))
+    else:
+        best = min(points, key=lambda p: (-p["accuracy"], p["step"]))
+    at = next((e for e in history.get("eval", []) if e["step"] == best["step"]), None)
+    return {"step": best["step"], "validation": best, "eval": at}
 
 
 @contextmanager
@@ -53,18 +70,34 @@ class TrainingLoopMixin:
         if self.num_labels is not None:
             data_mod.check_labels(dataset, self.num_labels, f"{what} data")
 
-    def _loader(self, data: Any, batch_size: int, shuffle: bool, seed: int) -> Iterable:
+    def _loader(self, data: Any, batch_size: int, generator: torch.Generator) -> Iterable:
+        """Shuffled batches of ``data`` drawn with ``generator`` (a DataLoader passes through)."""
         if isinstance(data, DataLoader):
             return data
-        return data_mod.loader(data, batch_size, data_mod.make_collator(self._pad_ids()), shuffle, seed)
+        return data_mod.loader(data, batch_size, data_mod.make_collator(self._pad_ids()), True, generator=generator)
+
+    def _shuffle_generators(self) -> dict[str, torch.Generator]:
+        """The generators that shuffle the training and quiz data (``metakd.rng``), made from the
+        config's seed by the first ``fit`` and continued by later ones."""
+        if getattr(self, "_shuffle", None) is None:
+            self._shuffle = shuffle_generators(self.config.seed)
+        return self._shuffle
 
     def fit(self, train_data: Any, quiz_data: Any = None, eval_data: Any = None,
             checkpoint_dir: str | Path | None = None, resume: bool = False,
-            log_dir: str | Path | None = None) -> dict[str, list]:
+            validation_data: Any = None, log_dir: str | Path | None = None) -> dict[str, Any]:
         """Train for ``epochs`` (or ``max_steps``). Data sets are sequences of encoded examples
         (see ``metakd.data.encode``) or DataLoaders of collated batches. When ``quiz_data`` is
         None a quiz split of ``quiz_fraction`` is carved from ``train_data`` by seed, in every
         mode, so all modes train on the same examples. Returns ``{"train": [...], "eval": [...]}``.
+
+        With ``validation_fraction`` > 0 (and no ``validation_data``) a validation split is carved
+        from the rest by seed (``metakd.data.split_validation``: unique by text, disjoint from the
+        quiz and evaluation data). It is scored wherever ``eval_data`` is (every ``eval_every``
+        steps and at the end), into ``history["validation"]``, and ``history["best"]`` holds the
+        best-validation point (``best_validation``). ``track_teacher`` adds the teacher's figures
+        (``metakd.teacher_stats``) to every ``history["eval"]`` point. The learning-rate schedules
+        (``student_lr_schedule``, ``teacher_lr_schedule``) run over this call's training steps.
 
         With ``checkpoint_dir`` a checkpoint (``metakd.checkpoint``) is written there every
         ``checkpoint_every`` steps, at the end, and when SIGTERM or SIGINT arrives (then
@@ -75,11 +108,13 @@ class TrainingLoopMixin:
         With ``log_dir`` each step's scalars go to ``log_dir/log.jsonl`` (and TensorBoard events to
         ``log_dir/tensorboard`` with ``report_to="tensorboard"``; ``metakd.step_log``), and the
         progress bar shows an ETA from the mean step time.
+
+        The batches are shuffled with generators the distiller owns (a second ``fit`` draws other
+        batches) and dropout is seeded per step (``metakd.rng``): the global RNG is left as it was.
         """
         from . import checkpoint as ckpt
 
         cfg = self.config
-        torch.manual_seed(cfg.seed)
         if not isinstance(train_data, DataLoader):
             self._check_data(train_data, "training")
             if quiz_data is None:
@@ -90,27 +125,49 @@ class TrainingLoopMixin:
             self._check_data(quiz_data, "quiz")
         if eval_data is not None and not isinstance(eval_data, DataLoader):
             self._check_data(eval_data, "evaluation")
+        if validation_data is None and cfg.validation_fraction > 0:
+            if isinstance(train_data, DataLoader):
+                raise ValueError("pass validation_data when train_data is a DataLoader (validation_fraction > 0)")
+            exclude = [d for d in (quiz_data, eval_data) if d is not None and not isinstance(d, DataLoader)]
+            train_data, validation_data = data_mod.split_validation(train_data, cfg.validation_fraction, cfg.seed,
+                                                                    exclude)
+        if validation_data is not None and not isinstance(validation_data, DataLoader):
+            self._check_data(validation_data, "validation")
 
-        train_loader = self._loader(train_data, cfg.batch_size, shuffle=True, seed=cfg.seed)
-        quiz_iter = (self._cycle(self._loader(quiz_data, cfg.quiz_batch_size or cfg.batch_size, True, cfg.seed + 1))
+        shuffle = self._shuffle_generators()
+        # where this fit starts: a checkpoint keeps it, so a resume replays the same batches
+        self._fit_start = {"step": self.steps_done, **{k: g.get_state() for k, g in shuffle.items()}}
+        train_loader = self._loader(train_data, cfg.batch_size, shuffle["train"])
+        quiz_iter = (self._cycle(self._loader(quiz_data, cfg.quiz_batch_size or cfg.batch_size, shuffle["quiz"]))
                      if quiz_data is not None and cfg.meta_update != "none" else None)
         steps_per_epoch = len(train_loader)
         total = steps_per_epoch * cfg.epochs
         if cfg.max_steps is not None:
             total = min(total, cfg.max_steps) if steps_per_epoch else cfg.max_steps
-        history: dict[str, list] = {"train": [], "eval": []}
-        replay, rng = 0, None
+        history: dict[str, Any] = {"train": [], "eval": []}
+        if validation_data is not None:
+            history["validation"] = []
+        attach_schedulers(self, total)  # before a checkpoint restores their position
+        tracker = None
+        if cfg.track_teacher and eval_data is not None and not isinstance(eval_data, DataLoader):
+            from .teacher_stats import TeacherTracker
+
+            tracker = TeacherTracker(self, eval_data, cfg.track_teacher)  # the initial teacher: before a resume
+        replay = 0
         self._data_fingerprint = ckpt.data_fingerprint(train_data) if checkpoint_dir is not None else None
         if checkpoint_dir is not None and resume:
             if ckpt.has_checkpoint(checkpoint_dir):
                 meta = ckpt.load_checkpoint(checkpoint_dir, self, self._data_fingerprint)
-                history, rng = meta["history"], meta["rng"]
-                replay = min(int(meta["steps_done"]), total)  # a shorter max_steps: nothing left to do
+                history, self._fit_start = meta["history"], meta["fit_start"]
+                for key, generator in shuffle.items():  # the loaders have not drawn yet
+                    generator.set_state(self._fit_start[key])
+                # a shorter max_steps: nothing left to do
+                replay = min(int(meta["steps_done"]) - self._fit_start["step"], total)
                 log.warning("resuming from the checkpoint in %s at step %d of %d", checkpoint_dir, replay, total)
             else:
                 log.warning("no checkpoint in %s: starting from the beginning", checkpoint_dir)
         done = replay
-        steplog = self._step_log(log_dir, total, replay if resume else None)
+        steplog = self._step_log(log_dir, total, self.steps_done if resume else None)  # lines are by global step
         bar = tqdm(total=total, initial=done, desc=f"distil ({cfg.meta_update})", disable=not cfg.progress, leave=False)
         with ckpt.StopSignals(enabled=checkpoint_dir is not None) as stop, _closing(steplog):
             for _epoch in range(max(cfg.epochs, math.ceil(total / max(steps_per_epoch, 1)))):
@@ -119,22 +176,23 @@ class TrainingLoopMixin:
                         replay -= 1
                         if quiz_iter is not None:
                             next(quiz_iter)
-                        if not replay:
-                            ckpt.restore_rng(rng)
                         continue
                     if done >= total:
                         break
+                    lrs = current_lrs(self)  # the rates this step uses
                     if steplog is not None:
                         steplog.begin()
                     metrics = self.step(batch, next(quiz_iter) if quiz_iter is not None else None)
+                    metrics.update(lrs)
                     history["train"].append(metrics)
                     done += 1
                     bar.update(1)
-                    line = self._log_step(steplog, metrics, done)
+                    line = self._log_step(steplog, metrics, done)  # before the schedules move: this step's rates
+                    step_schedulers(self)
                     bar.set_postfix(loss=f"{metrics['student_loss']:.3f}",
                                     **({"eta": format_eta(line["eta_seconds"])} if line else {}))
-                    if eval_data is not None and cfg.eval_every and done % cfg.eval_every == 0 and done < total:
-                        history["eval"].append({"step": done, **self.evaluate(eval_data)})
+                    if cfg.eval_every and done % cfg.eval_every == 0 and done < total:
+                        self._evaluate_point(done, history, eval_data, validation_data, tracker)
                     stopping = self._agreed_stop(stop.signal) if checkpoint_dir is not None else None
                     if checkpoint_dir is not None and (stopping or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
                         self._checkpoint(checkpoint_dir, history)
@@ -146,10 +204,25 @@ class TrainingLoopMixin:
         bar.close()
         if checkpoint_dir is not None and self.steps_done and not (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
             self._checkpoint(checkpoint_dir, history)
-        if eval_data is not None:
-            history["eval"] = [e for e in history["eval"] if e["step"] != done]  # a resumed run re-evaluates the end
-            history["eval"].append({"step": done, **self.evaluate(eval_data)})
+        for key in ("eval", "validation"):  # a resumed run re-evaluates the end
+            if key in history:
+                history[key] = [e for e in history[key] if e["step"] != done]
+        self._evaluate_point(done, history, eval_data, validation_data, tracker)
+        if validation_data is not None:
+            history["best"] = best_validation(history, cfg.task)
         return history
+
+    def _evaluate_point(self, step: int, history: dict[str, Any], eval_data: Any, validation_data: Any,
+                        tracker: Any) -> None:
+        """Score the student on the evaluation and validation data (and the teacher, with a tracker) at ``step``."""
+        if eval_data is not None:
+            point = {"step": step, **self.evaluate(eval_data)}
+            if tracker is not None:
+                point.update(tracker.stats())
+            history["eval"].append(point)
+        if validation_data is not None:
+            history["validation"].append({"step": step, **self.evaluate(validation_data)})
+
 
     def _step_log(self, log_dir: str | Path | None, total: int, resume_step: int | None) -> StepLog | None:
         """The step log of this run in ``log_dir`` (the main process only); None without one."""

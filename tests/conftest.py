@@ -41,16 +41,33 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def save_tiny_teacher(target: Path, num_heads: int = 4, dropout: float = 0.0) -> Path:
-    """A tiny random 2-block BERT classifier (width 32) saved in ``target`` with the bundled
-    teacher's tokenizer: a run-file teacher that loads in a blink."""
+def save_tiny_teacher(target: Path, num_heads: int = 4, dropout: float = 0.0, hidden_size: int = 32) -> Path:
+    """A tiny random 2-block BERT classifier (width 32 unless ``hidden_size``; 64 or more for 4-bit
+    bitsandbytes, whose blocks are 64 wide) saved in ``target`` with the bundled teacher's tokenizer:
+    a run-file teacher that loads in a blink."""
     from transformers import AutoTokenizer
 
     from metakd.models import embedded_teacher_path
 
     tokenizer = AutoTokenizer.from_pretrained(str(embedded_teacher_path()))
-    model = tiny_classifier("bert", vocab_size=tokenizer.vocab_size, hidden_size=32, num_layers=2, num_heads=num_heads,
+    model = tiny_classifier("bert", vocab_size=tokenizer.vocab_size, hidden_size=hidden_size, num_layers=2,
+                            num_heads=num_heads,
                             num_labels=2, max_positions=64, seed=0, dropout=dropout)
     model.save_pretrained(str(target), safe_serialization=True)
+    tokenizer.save_pretrained(str(target))
+    return target
+
+
+def save_tiny_encoder(target: Path) -> Path:
+    """A tiny random 2-block BERT encoder without a classification head (width 32), saved with
+    the bundled teacher's tokenizer: a run-file teacher that ``distill`` fine-tunes first, fast."""
+    from transformers import AutoTokenizer
+
+    from metakd.models import embedded_teacher_path
+
+    tokenizer = AutoTokenizer.from_pretrained(str(embedded_teacher_path()))
+    model = tiny_classifier("bert", vocab_size=tokenizer.vocab_size, hidden_size=32, num_layers=2, num_heads=4,
+                            num_labels=2, max_positions=64, seed=0)
+    model.bert.save_pretrained(str(target), safe_serialization=True)
     tokenizer.save_pretrained(str(target))
     return target

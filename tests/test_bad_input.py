@@ -9,6 +9,7 @@ seconds, not after the hub client's retries.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -202,9 +203,13 @@ def _metakd(args, root: Path, env_extra: dict | None = None):
     return proc, time.perf_counter() - start
 
 
+READ_REPORT = re.compile(r"read [\d,]+ (rows|lines) from ")
+
+
 def _the_error_line(proc) -> str:
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    # the report of the files read ("read N rows from FILE: header decision") may come first
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not READ_REPORT.match(line)]
     assert len(lines) == 1, proc.stderr[-3000:]
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert lines[0].startswith("metakd: error: "), lines[0]

@@ -130,13 +130,28 @@ def _run(*args, timeout=600):
 @pytest.mark.parametrize("args,flag", [(["--sizes", "tiny-h32,huge"], "--sizes"), (["--modes", "lora,bogus"], "--modes"),
                                         (["--steps", "0"], "--steps"), (["--threads", "0"], "--threads"),
                                         (["--sizes", "tiny-h32,tiny-h32"], "--sizes"), (["--seq-len", "1"], "--seq-len"),
-                                        (["--render", "/nonexistent/scaling.json"], "--render")])
+                                        (["--render", "/nonexistent/scaling.json"], "--render"),
+                                        (["--teacher-layers", "top:0"], "--teacher-layers"),
+                                        (["--teacher-layers", "all,bottom:2"], "--teacher-layers"),
+                                        (["--teacher-layers", "all,all"], "--teacher-layers"),
+                                        (["--meta-batch-size", "0"], "--meta-batch-size"),
+                                        (["--batch-size", "4", "--meta-batch-size", "5"], "--meta-batch-size")])
 def test_bad_flags_are_usage_errors(args, flag, capsys):
     from metakd.bench.scaling import main
 
     with pytest.raises(SystemExit) as exc:
         main(args)
     assert exc.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_teacher_layers_run_keys():
+    from metakd.bench.scaling import mode_label, predict_memory, split_mode
+
+    assert split_mode("lora@top:2") == ("lora", "top:2") and split_mode("full") == ("full", "all")
+    assert mode_label("lora@top:2") == "LoRA meta, teacher_layers=top:2" and mode_label("none") == "plain KD"
+    counts = llama_param_counts((64, 2, 4, 4, 128), 1024)
+    assert (predict_memory(counts, "full@top:1", 128, 32, 1024, 0)
+            == predict_memory(counts, "full", 128, 32, 1024, 0))  # all blocks learning: an upper bound
 
 
 def test_bad_flag_through_the_cli_names_it_without_a_traceback():

@@ -61,6 +61,25 @@ def test_stopped_and_resumed_run_is_bit_identical(tmp_path, mode, meta_grad):
     assert second.steps_done == whole.steps_done == 7
 
 
+def test_a_resumed_second_fit_replays_that_fits_batches(tmp_path):
+    """The checkpoint keeps the shuffle generators' states at the start of its fit: a fresh process
+    resuming the second fit of a run continues it, not the first fit's batches."""
+    whole = _distiller("lora", 3)
+    whole.fit(EXAMPLES)
+    whole.config = whole.config.replace(max_steps=4)
+    whole.fit(EXAMPLES)
+    first = _distiller("lora", 3)
+    first.fit(EXAMPLES)
+    first.config = first.config.replace(max_steps=2)  # the second fit stops after 2 of its 4 steps
+    first.fit(EXAMPLES, checkpoint_dir=tmp_path)
+    meta = read_meta(tmp_path)
+    assert (meta["steps_done"], meta["fit_start_step"]) == (5, 3)
+    resumed = _distiller("lora", 4)
+    resumed.fit(EXAMPLES, checkpoint_dir=tmp_path, resume=True)
+    assert resumed.steps_done == whole.steps_done == 7
+    _assert_same(_state(resumed), _state(whole))
+
+
 def test_periodic_checkpoints_and_files_are_safetensors_and_json(tmp_path):
     d = _distiller("lora", 5, checkpoint_every=2)
     saves = []

@@ -26,7 +26,7 @@ def test_bench_meta_update_quick_end_to_end(tmp_path):
     assert results["none"]["trainable_teacher_params"] == 0
     assert 0 < results["lora"]["trainable_teacher_params"] < results["full"]["trainable_teacher_params"]
     for r in results.values():
-        assert r["steps"] == 4
+        assert r["steps"] == 4 and len(r["step_seconds"]) == 4
         assert r["median_step_seconds"] > 0
         assert r["train"]["peak_memory_bytes"] > 0
         assert 0.0 <= r["student"]["accuracy"] <= 1.0
@@ -56,6 +56,20 @@ def test_bench_meta_update_quick_end_to_end(tmp_path):
     assert measured["energy_joules"] is not any(r["train"]["energy_estimated"] for r in results.values())
     assert "phases.energy_joules_per_step" in payload["sources"]
     assert "| LoRA meta-update | directional_derivative |" in proc.stdout
+    # the modes took their steps in turn; time ratios are medians of per-round ratios, with their spread
+    assert "expected time left" in proc.stderr and "an estimate" in proc.stderr
+    ratios = {(r["numerator"], r["denominator"]): r for r in payload["time_ratios"]}
+    assert set(ratios) == {("lora", "full"), ("lora", "none"), ("full", "none")}
+    for r in ratios.values():
+        assert r["rounds"] == 4 and 0 < r["min"] <= r["q1"] <= r["median"] <= r["q3"] <= r["max"]
+    assert "| LoRA meta-update / full meta-update |" in proc.stdout and "IQR" in proc.stdout
+    # how far each student got: start, end, and the distance to the teacher in points
+    assert "student − teacher (points)" in proc.stdout and "chance" in proc.stdout
+    for e in payload["summary"]:
+        run = results[e["mode"]]
+        assert e["points_vs_teacher"]["mean"] == pytest.approx(
+            100 * (run["student"]["accuracy"] - run["teacher_before"]["accuracy"]))
+        assert 0.0 <= run["student_before"]["accuracy"] <= 1.0
     assert "per meta-gradient phase" in proc.stdout
     assert payload["machine"]["logical_cores"] >= 1
     assert (out / "meta_update.md").read_text().count("|") > 10

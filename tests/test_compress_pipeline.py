@@ -68,11 +68,13 @@ def test_structured_int8_pipeline_reuses_the_distilled_student(teacher_dir, tmp_
     assert student.stat().st_mtime_ns == stamp
 
 
-def test_bitsandbytes_pipeline(teacher_dir, tmp_path):
+def test_bitsandbytes_pipeline(tmp_path):
     pytest.importorskip("bitsandbytes", reason="bitsandbytes is the 'quant' extra")
-    run = _run(teacher_dir, tmp_path / "out", prune="magnitude", sparsity=0.5, quantize="bnb4")
+    wide = save_tiny_teacher(tmp_path / "teacher", hidden_size=64)  # one 4-bit block (64) per row
+    run = _run(wide, tmp_path / "out", prune="magnitude", sparsity=0.5, quantize="bnb4")
     report = compress(run, progress=False)
     stages = {r["stage"]: r for r in report["stages"]}
+    assert stages["quantized"]["quantize"]["full_precision_layers"] == {}  # every block Linear is 4-bit
     assert stages["quantized"]["params"] == stages["distilled"]["params"]
     assert stages["quantized"]["nonzero_params"] is None  # hidden in the packed codes
     assert stages["quantized"]["bytes_on_disk"] < stages["distilled"]["bytes_on_disk"]

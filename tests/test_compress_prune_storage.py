@@ -253,8 +253,9 @@ def test_bitsandbytes_round_trip(tmp_path, bits):
     from metakd.compress.pipeline import _parameter_count
     from metakd.compress.quantize import bnb_quantize
 
-    model = _model()
+    model = tiny_classifier("bert", vocab_size=64, hidden_size=64, num_layers=2, num_heads=4).eval()  # 4-bit blocks: 64
     q = bnb_quantize(model, bits, device="cpu")
+    assert q.metakd_full_precision == {}
     assert _parameter_count(q) == sum(p.numel() for p in model.parameters())
     batch = make_batch(8, length=8)
     loaded = load_compressed(save_compressed(q, tmp_path / "bnb", method=f"bnb{bits}"))

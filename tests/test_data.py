@@ -221,10 +221,9 @@ def test_header_kept_when_known_names_or_non_integer_label(tmp_path):
 
 def test_header_false_and_true(tmp_path):
     path = tmp_path / "data.tsv"
-    # string labels: the first row cannot be told from a header, so header=False says it
+    # string labels and no evidence of a header: the first row stays data (never dropped on a guess)
     path.write_text("great fun\tpositive\nawful\tnegative\n")
-    with pytest.raises(DataError, match="header=False"):
-        read_labelled_file(path)
+    assert read_labelled_file(path) == [("great fun", "positive"), ("awful", "negative")]
     assert read_labelled_file(path, header=False) == [("great fun", "positive"), ("awful", "negative")]
     # header=True: a first row that would look like data is the header all the same
     path.write_text("x\t1\ngood\t0\n")
@@ -734,6 +733,52 @@ def test_split_quiz_depends_on_seed_and_too_few_raises():
     assert len(split_quiz(items, 0.2, 0)[1]) == 20
     with pytest.raises(DataError, match="too few"):
         split_quiz([1], 0.1, 0)
+
+
+def _texts(items) -> list:
+    return [item[0] if isinstance(item, tuple) else tuple(item["input_ids"].tolist()) for item in items]
+
+
+@pytest.mark.parametrize("kind", ["texts", "pairs", "encoded"])
+def test_split_quiz_puts_every_copy_of_a_text_on_one_side(kind):
+    """Duplicated rows (with the same or another label) never straddle the split."""
+    def item(i: int):
+        text, label = f"text {i % 9}" if i % 3 else f"unique {i}", i % 2
+        if kind == "pairs":  # the same first sentence with another second one is another pair
+            return (text, f"second {i % 2}"), label
+        if kind == "encoded":
+            return {"input_ids": torch.tensor([len(text), *map(ord, text)]), "labels": torch.tensor(label)}
+        return text, label
+
+    items = [item(i) for i in range(90)]
+    assert len(set(map(str, _texts(items)))) < len(items)
+    for seed in range(5):
+        train, quiz = split_quiz(items, 0.2, seed)
+        assert not set(_texts(train)) & set(_texts(quiz)), f"seed {seed}: a quiz text is also a training text"
+        assert len(train) + len(quiz) == len(items) and len(quiz) >= 18
+        assert _texts(split_quiz(items, 0.2, seed)[1]) == _texts(quiz)  # deterministic
+
+
+def test_split_quiz_without_duplicates_is_the_split_by_index():
+    """Data without repeated texts split as before: the seeds of earlier runs pick the same quiz."""
+    items = [(f"sentence {i}", i % 2) for i in range(50)]
+    order = torch.randperm(50, generator=torch.Generator().manual_seed(11)).tolist()
+    assert split_quiz(items, 0.3, 11)[1] == [items[i] for i in sorted(order[:15])]
+
+
+def test_split_quiz_refuses_data_with_a_single_text():
+    with pytest.raises(DataError, match="too few distinct texts"):
+        split_quiz([("same", i % 2) for i in range(10)], 0.2, 0)
+
+
+@_shared("sst2")
+def test_split_quiz_of_sst2_shares_no_sentence():
+    train = load_task(str(SHARED / "sst2"))["train"]
+    texts = [t for t, _ in train]
+    assert len(texts) - len(set(texts)) > 0  # SST-2's training file repeats sentences
+    fit, quiz = split_quiz(train, 0.1, 0)
+    assert not {t for t, _ in fit} & {t for t, _ in quiz}
+    assert len(fit) + len(quiz) == len(train)
 
 
 # ---------------------------------------------------------------------------- property: reading files back

@@ -54,16 +54,23 @@ def _state(d: MetaDistiller) -> dict[str, torch.Tensor]:
     return out
 
 
-def _train(case: str, dist: Dist) -> dict:
-    teacher = tiny_classifier("bert", num_layers=3, hidden_size=16, seed=1, dtype=torch.float64)
-    student = tiny_classifier("bert", num_layers=2, hidden_size=16, seed=2, dtype=torch.float64)
+DROPOUT = 0.2
+"""The dropout case: teacher and student with dropout, trained with CASES["lora_jvp"]."""
+
+
+def _train(case: str, dist: Dist, dropout: float = 0.0) -> dict:
+    teacher = tiny_classifier("bert", num_layers=3, hidden_size=16, seed=1, dtype=torch.float64, dropout=dropout)
+    student = tiny_classifier("bert", num_layers=2, hidden_size=16, seed=2, dtype=torch.float64, dropout=dropout)
     d = MetaDistiller(teacher, student, DistillConfig(**COMMON, **CASES[case]), dist=dist)
     start = _state(d)
     rows: list[int] = []  # the rows of every student forward: what this process computed on
     d.student.register_forward_pre_hook(lambda m, args, kwargs: rows.append(kwargs["input_ids"].shape[0]),
                                         with_kwargs=True)
+    masks: list[torch.Tensor] = []  # the student's embedding-dropout masks of the forwards with grad (not jvp's)
+    d.student.bert.embeddings.dropout.register_forward_hook(
+        lambda m, args, out: masks.append(out.eq(0)) if torch.is_grad_enabled() else None)
     metrics = [d.step(batch, quiz) for batch, quiz in _batches()]
-    return {"start": start, "end": _state(d), "rows": sorted(set(rows)),
+    return {"start": start, "end": _state(d), "rows": sorted(set(rows)), "masks": masks,
             "metrics": [{k: m[k] for k in LOSSES if k in m} for m in metrics],
             "phi": [n for n, p in d.teacher.named_parameters() if any(p is q for q in d.phi)]}
 
@@ -142,6 +149,27 @@ def test_two_processes_train_what_one_process_trains(case, two_processes):
     print(f"{case}: max |2 processes - 1 process| = {worst:.3g}")
 
 
+def test_processes_draw_their_own_dropout_masks_and_hold_identical_models(two_processes):
+    """With dropout each process draws its own masks (the shared seed would give row i of every
+    shard the same one), while the averaged gradients keep the models bit-identical."""
+    runs = [two_processes[rank]["dropout"] for rank in range(WORLD)]
+    masks = [r["masks"] for r in runs]
+    assert len(masks[0]) == len(masks[1]) > 0
+    same_shape = [(a, b) for a, b in zip(*masks) if a.shape == b.shape]
+    assert same_shape
+    for a, b in same_shape:
+        assert 0.05 < float(a.double().mean()) < 0.4  # dropout 0.2 acts
+        assert not torch.equal(a, b), "two processes drew the same dropout mask"
+    for key, start in runs[0]["start"].items():
+        assert torch.equal(runs[1]["start"][key], start), key  # the shared seed: same initialisation
+    moved = [k for k in runs[0]["end"] if not torch.equal(runs[0]["end"][k], runs[0]["start"][k])]
+    assert any(k.startswith("student.") for k in moved) and any(k.startswith("teacher.") for k in moved)
+    for key, value in runs[0]["end"].items():
+        assert torch.equal(runs[1]["end"][key], value), key
+    for m0, m1 in zip(runs[0]["metrics"], runs[1]["metrics"]):
+        assert m0 == m1  # the averaged losses: one value for all processes
+
+
 # ---------------------------------------------------------------------------- refused settings
 def _distiller(world: int = WORLD, **overrides) -> MetaDistiller:
     teacher = tiny_classifier("bert", num_layers=2, hidden_size=16, seed=1, dtype=torch.float64)
@@ -162,7 +190,9 @@ def test_higher_is_refused_across_processes(overrides):
 @pytest.mark.parametrize("overrides, name", [(dict(batch_size=7, meta_update="none"), "batch_size 7"),
                                              (dict(batch_size=8, quiz_batch_size=5, meta_grad="jvp"),
                                               "quiz_batch_size 5"),
-                                             (dict(batch_size=9, meta_grad="jvp"), "batch_size 9")])
+                                             (dict(batch_size=9, meta_grad="jvp"), "batch_size 9"),
+                                             (dict(batch_size=8, meta_batch_size=3, meta_grad="jvp"),
+                                              "meta_batch_size 3")])
 def test_batch_sizes_must_divide_over_the_processes(overrides, name):
     with pytest.raises(ConfigError, match=f"{name} is not divisible by the 2 processes"):
         _distiller(**overrides)
@@ -302,6 +332,7 @@ def _worker(out: str) -> None:
     dist = Dist.from_env()
     assert dist.world_size == WORLD and torch.distributed.get_backend() == "gloo", dist
     results = {case: _train(case, dist) for case in CASES}
+    results["dropout"] = _train("lora_jvp", dist, dropout=DROPOUT)
     torch.save(results, Path(out) / f"rank{dist.rank}.pt")
     dist.barrier()
     torch.distributed.destroy_process_group()

@@ -57,7 +57,7 @@ def test_class_never_predicted():
     got = _scores([0, 1, 1, 1, 0, 0], [0, 0, 1, 1, 2, 2])
     _assert_scores(got, {"accuracy": 3 / 6, "precision": (1 / 3 + 2 / 3 + 0) / 3, "recall": (1 / 2 + 1 + 0) / 3,
                          "f1": (2 / 5 + 4 / 5 + 0) / 3})
-    assert set(got) == {"accuracy", "precision", "recall", "f1"}
+    assert set(got) == {"accuracy", "precision", "recall", "f1", "mcc"}
     assert all(isinstance(v, float) for v in got.values())
 
 
@@ -98,6 +98,15 @@ def test_length_mismatch_raises():
         classification_scores(torch.tensor([0, 1, 1]), torch.tensor([0, 1]))
 
 
+def test_matthews_correlation_by_hand():
+    # binary: tp=2, tn=1, fp=1, fn=1 -> (2*1 - 1*1) / sqrt(3*3*2*2) = 1/6
+    assert _scores([1, 1, 0, 1, 0], [1, 1, 0, 0, 1])["mcc"] == pytest.approx(1 / 6, abs=1e-12)
+    assert _scores([0, 1, 2, 1], [0, 1, 2, 1])["mcc"] == pytest.approx(1.0)
+    assert _scores([1, 0, 1, 0], [0, 1, 0, 1])["mcc"] == pytest.approx(-1.0)
+    # one predicted class (a collapsed model): no correlation, not a division by zero
+    assert _scores([1, 1, 1, 1], [0, 1, 0, 1])["mcc"] == 0.0
+
+
 # ---------------------------------------------------------------------------- properties
 pairs = st.integers(1, 40).flatmap(
     lambda n: st.tuples(st.lists(st.integers(0, 4), min_size=n, max_size=n),
@@ -110,8 +119,8 @@ def test_matches_reference_implementation(pair):
     preds, labels = pair
     got = _scores(preds, labels)
     _assert_scores(got, reference_scores(preds, labels))
-    for value in got.values():
-        assert 0.0 <= value <= 1.0
+    for key, value in got.items():
+        assert (-1.0 if key == "mcc" else 0.0) <= value <= 1.0, key
 
 
 def test_matches_sklearn():
@@ -128,6 +137,7 @@ def test_matches_sklearn():
                         ("f1", metrics.f1_score)):
             expected = fn(labels, preds, labels=present, average="macro", zero_division=0)
             assert got[key] == pytest.approx(expected, abs=1e-12), key
+        assert got["mcc"] == pytest.approx(metrics.matthews_corrcoef(labels, preds), abs=1e-12)
 
     check()
     # the hand example with a class never predicted, too

@@ -4,6 +4,7 @@ causal-LM teachers from MiniLM scale up to the largest that fits the machine. Pr
 writes results/scaling.{json,md,png}.
 
     metakd bench scaling [--quick] [--sizes minilm-l6,smollm-135m] [--modes none,lora,full,lora-nf4]
+                         [--teacher-layers all,top:2] [--meta-batch-size M]
                          [--steps N] [--threads 2] [--device cpu|cuda] [--out results]
 
 The default ladder (MiniLM-L6 to SmolLM-360M shapes, 20M-330M parameters) finishes in about ten
@@ -32,6 +33,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..config import check_teacher_layers
 from .report import (fmt_bytes, markdown_table, print_report, run_worker, serve_worker, settings_from_args,
                      write_results)
 
@@ -39,6 +41,7 @@ NAME = "scaling"
 MODES = ("none", "lora", "full", "lora-nf4")
 MODE_LABELS = {"none": "plain KD", "lora": "LoRA meta", "full": "full meta", "lora-nf4": "LoRA meta, NF4 teacher"}
 COLORS = {"none": "#888888", "lora": "#2a9d8f", "full": "#e76f51", "lora-nf4": "#264653"}
+LAYERS_SEP = "@"  # a meta mode whose teacher learns only some blocks: "lora@top:2" (teacher_layers="top:2")
 META_GRADS = ("higher", "jvp", "finite_diff")
 
 # Llama-style shapes of real model families (the parameter counts differ from the originals: the
@@ -86,6 +89,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seq-len", type=int, help="tokens per example")
     p.add_argument("--vocab", type=int, help="vocabulary size of the teachers and students")
+    p.add_argument("--teacher-layers", default="all",
+                   help="comma-separated teacher_layers values for the meta modes, e.g. all,top:2 (default: all)")
+    p.add_argument("--meta-batch-size", type=int, help="rows of each batch the meta-gradient uses (default: all)")
     p.add_argument("--meta-grad", default="higher", choices=META_GRADS, help="meta-gradient backend (default: %(default)s)")
     p.add_argument("--threads", type=int, help="torch threads per configuration (default: torch's choice)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -115,6 +121,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--modes takes a subset of {','.join(MODES)}; got {args.modes!r}")
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be >= 1")
+    args.layers_list = [x.strip() for x in args.teacher_layers.split(",") if x.strip()]
+    for value in args.layers_list:
+        if LAYERS_SEP in value or not (value == "all" or value.startswith("top:")):
+            p.error(f"--teacher-layers takes 'all' and 'top:k' values, got {value!r}")
+        try:
+            check_teacher_layers(value)
+        except ValueError as exc:
+            p.error(f"--teacher-layers: {exc}")
+    if not args.layers_list or len(set(args.layers_list)) != len(args.layers_list):
+        p.error(f"--teacher-layers must list distinct values, got {args.teacher_layers!r}")
+    if args.meta_batch_size is not None and not 1 <= args.meta_batch_size <= s["batch_size"]:
+        p.error(f"--meta-batch-size must be between 1 and the batch size {s['batch_size']}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda but torch sees no CUDA device")
     if args.render and not Path(args.render).is_file():
@@ -124,6 +142,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------- pure functions
+def split_mode(key: str) -> tuple[str, str]:
+    """("lora", "top:2") for the run key "lora@top:2"; (mode, "all") for a plain mode."""
+    mode, _, layers = key.partition(LAYERS_SEP)
+    return mode, layers or "all"
+
+
+def mode_label(key: str) -> str:
+    mode, layers = split_mode(key)
+    return MODE_LABELS[mode] + ("" if layers == "all" else f", teacher_layers={layers}")
+
+
+def mode_color(key: str) -> str:
+    mode, layers = split_mode(key)
+    if layers == "all":
+        return COLORS[mode]
+    return {"lora": "#8ecae6", "full": "#f4a261", "lora-nf4": "#6c757d"}.get(mode, "#999999")
+
 def fit_power_law(xs: Sequence[float], ys: Sequence[float]) -> dict[str, float] | None:
     """Least-squares line through (log x, log y): ``y ≈ coefficient · x^exponent``. None with fewer
     than two distinct positive x (or any non-positive value: no logarithm)."""
@@ -203,6 +238,7 @@ def predict_memory(counts: dict[str, int], mode: str, tokens: int, seq_len: int,
 
     The activation term (``ACTIVATION_FACTOR`` × a count of the tensors a Llama block saves for its
     backward, float32) is calibrated on the measured peaks of the two smallest full-ladder sizes."""
+    mode = split_mode(mode)[0]  # the prediction of all blocks learning: an upper bound for teacher_layers
     p, s = counts["teacher"], counts["student"]
     phi = {"none": 0, "lora": counts["lora"], "lora-nf4": counts["lora"], "full": p}[mode]
     if mode == "lora-nf4":
@@ -361,7 +397,7 @@ def _run_config(spec: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     cuda = device.type == "cuda"
-    mode = spec["mode"]
+    mode, layers = split_mode(spec["mode"])
     rss_imports = rss_bytes()
 
     t0 = time.perf_counter()
@@ -373,6 +409,8 @@ def _run_config(spec: dict[str, Any]) -> dict[str, Any]:
     weight_bytes = teacher_memory_bytes(teacher)
     cfg = DistillConfig(task="causal_lm", meta_update="lora" if mode == "lora-nf4" else mode,
                         meta_grad=spec["meta_grad"], pilot="restore", batch_size=spec["batch_size"],
+                        teacher_layers=layers if mode != "none" else "all",
+                        meta_batch_size=spec.get("meta_batch_size") if mode != "none" else None,
                         student_lr=5e-4, teacher_lr=2e-5, pilot_lr=1e-2, seed=spec["seed"], progress=False)
     d = MetaDistiller(teacher, student, cfg, device=device)
     del teacher, student
@@ -441,7 +479,9 @@ def run_ladder(args: argparse.Namespace) -> list[dict[str, Any]]:
     tokens = s["batch_size"] * s["seq_len"]
     cuda = args.device.startswith("cuda")
     base = 0 if cuda else DEFAULT_BASE_BYTES  # replaced by what the first worker measures
-    runs = [(size, mode) for size in args.size_list for mode in args.mode_list]
+    keys = [m if (layers == "all" or m == "none") else f"{m}{LAYERS_SEP}{layers}"
+            for m in args.mode_list for layers in args.layers_list]
+    runs = [(size, key) for size in args.size_list for key in dict.fromkeys(keys)]
     results = []
     for i, (size, mode) in enumerate(runs, 1):
         shape = LADDER[size]
@@ -463,6 +503,7 @@ def run_ladder(args: argparse.Namespace) -> list[dict[str, Any]]:
             continue
         spec = {"label": entry["label"], "size": size, "mode": mode, "shape": list(shape), "device": args.device,
                 "seed": args.seed, "threads": args.threads, "meta_grad": args.meta_grad,
+                "meta_batch_size": args.meta_batch_size,
                 "progress": not args.no_progress, **{k: s[k] for k in ("steps", "warmup", "batch_size", "seq_len",
                                                                           "vocab")}}
         t0 = time.perf_counter()
@@ -529,7 +570,7 @@ def ratios_and_crossings(results: list[dict[str, Any]]) -> dict[str, Any]:
     where each ratio first drops to ``CROSSING``."""
     full = {r["size"]: r for r in _ok(results, "full")}
     out: dict[str, Any] = {}
-    for mode in ("lora", "lora-nf4"):
+    for mode in [k for k in dict.fromkeys(r["mode"] for r in results) if k not in ("none", "full")]:
         pairs = [(r, full[r["size"]]) for r in _ok(results, mode) if r["size"] in full]
         if not pairs:
             continue
@@ -549,7 +590,7 @@ def build_table(results: list[dict[str, Any]]) -> str:
     rows = []
     for r in results:
         params = r.get("teacher_params") or r["predicted_teacher_params"]
-        head = [r["size"], _params(params), MODE_LABELS[r["mode"]]]
+        head = [r["size"], _params(params), mode_label(r["mode"])]
         if r.get("status") != "ok":
             why = r.get("reason") if r.get("status") == "skipped" else r.get("error", "")
             rows.append(head + [_params(r["predicted_trainable_params"]) if r["predicted_trainable_params"] else "0",
@@ -577,7 +618,7 @@ def growth_table(g: dict[str, dict[str, Any]]) -> str:
         for key in METRICS:
             f = fits.get(key)
             cells.append("–" if f is None else f"{f['exponent']:.2f} ({f['points']} sizes)")
-        rows.append([MODE_LABELS[mode]] + cells)
+        rows.append([mode_label(mode)] + cells)
     return markdown_table(["mode"] + [f"exponent: {v}" for v in METRICS.values()], rows)
 
 
@@ -588,7 +629,7 @@ def crossing_lines(cross: dict[str, Any]) -> list[str]:
     for mode, entry in cross.items():
         for key, e in entry.items():
             ratios = ", ".join(f"{_params(p['teacher_params'])}: {p['ratio']:.2f}" for p in e["ratios"])
-            lines.append(f"{MODE_LABELS[mode]} / full meta, {names[key]}: first ≤ {CROSSING}× "
+            lines.append(f"{mode_label(mode)} / full meta, {names[key]}: first ≤ {CROSSING}× "
                          f"{describe_crossing(e['crossing'])} (ratios {ratios or 'n/a'})")
     return lines
 
@@ -604,7 +645,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     for mode in dict.fromkeys(r["mode"] for r in results):
         rs = _ok(results, mode)
         xs = [r["teacher_params"] for r in rs]
-        kw = dict(color=COLORS[mode], marker="o", label=MODE_LABELS[mode])
+        kw = dict(color=mode_color(mode), marker="o", label=mode_label(mode))
         if rs:
             axes[0].plot(xs, [r["peak_memory_bytes"] / 2**30 for r in rs], **kw)
             axes[1].plot(xs, [r["median_step_seconds"] for r in rs], **kw)
@@ -612,7 +653,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         if skipped:
             axes[0].scatter([r["predicted_teacher_params"] for r in skipped],
                             [r["predicted_peak_bytes"] / 2**30 for r in skipped], facecolors="none",
-                            edgecolors=COLORS[mode], marker="s", label=f"{MODE_LABELS[mode]}: predicted, skipped")
+                            edgecolors=mode_color(mode), marker="s", label=f"{mode_label(mode)}: predicted, skipped")
     axes[0].set_title("peak memory (GiB) vs teacher parameters")
     axes[1].set_title("seconds per step (median) vs teacher parameters")
     for ax in axes:
@@ -641,6 +682,9 @@ def report(payload: dict[str, Any], out: str | Path, name: str = NAME) -> None:
         f"of real model families, vocabulary {s['vocab']}; student: the teacher's first and last blocks with its "
         f"embeddings and head; LoRA r={LORA_R} on {'/'.join(LORA_TARGETS)} (peft's Llama default); NF4: the "
         "blocks' Linear layers in 4-bit (bitsandbytes), embeddings, norms and head float32",
+        f"teacher_layers: {', '.join(payload.get('teacher_layers') or ['all'])} (a value other than 'all': only those "
+        "blocks learn, adapters or weights; the blocks below run once per meta-step without grad and are replayed); "
+        f"meta_batch_size: {payload.get('meta_batch_size') or 'the whole batch'}",
         f"meta_grad={payload['meta_grad']}, pilot=restore, AdamW for student and teacher; batch {s['batch_size']} × "
         f"{s['seq_len']} random tokens (quiz batch the same size); median of {s['steps']} timed steps after "
         f"{s['warmup']} warm-up; device {payload['device']}, "
@@ -658,7 +702,7 @@ def report(payload: dict[str, Any], out: str | Path, name: str = NAME) -> None:
     ]
     lp = payload.get("ladder_predictions")
     if lp:
-        fit = ", ".join(f"{MODE_LABELS[m]} {size or 'none of it'}"
+        fit = ", ".join(f"{mode_label(m)} {size or 'none of it'}"
                         + (f" ({_params(lp['predicted_peak_bytes'][size]['teacher_params'])} params)" if size else "")
                         for m, size in lp["largest_predicted_to_fit"].items())
         notes.append(f"predicted, not run: the largest ladder teacher whose predicted peak fits the "
@@ -697,7 +741,8 @@ def main(argv: list[str] | None = None) -> int:
     base = next((r["rss_after_imports_bytes"] for r in results if r.get("rss_after_imports_bytes")),
                 DEFAULT_BASE_BYTES)
     payload = {"benchmark": args.name, "quick": args.quick, "settings": args.settings, "sizes": args.size_list,
-               "modes": args.mode_list, "ladder": {k: list(LADDER[k]) for k in args.size_list},
+               "modes": args.mode_list, "teacher_layers": args.layers_list,
+               "meta_batch_size": args.meta_batch_size, "ladder": {k: list(LADDER[k]) for k in args.size_list},
                "device": args.device, "threads": args.threads, "meta_grad": args.meta_grad, "seed": args.seed,
                "versions": versions(), "total_seconds": time.perf_counter() - start, "results": results,
                "ladder_predictions": ladder_predictions(args.settings, args.mode_list, args.device,

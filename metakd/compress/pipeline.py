@@ -179,7 +179,7 @@ def _recover(run, cc, student: nn.Module, train, masks: dict | None, num_labels:
                               epochs=cc.recovery_steps, eval_every=None, progress=progress and run.distill.progress,
                               student_lr=cc.recovery_lr or run.distill.student_lr)
     teacher = _recovery_teacher(run, num_labels)
-    d = MetaDistiller(teacher, student, cfg)
+    d = MetaDistiller(teacher, student, cfg, keep_teacher_adapters=True)  # the meta-updated adapters, on purpose
     if masks:
         keep_pruned(d.student_optimizer, d.student, masks)
     history = d.fit(train)
@@ -277,8 +277,10 @@ def compress_student(prep: Prepared, student: nn.Module, stages: _Stages, cc=Non
     elif cc.quantize in ("bnb8", "bnb4"):
         bits = 8 if cc.quantize == "bnb8" else 4
         final = bnb_quantize(student, bits, cc.bnb_quant_type)
-        stages.record("quantized", final, {"method": cc.quantize},
-                      {"quantize": {"method": cc.quantize, "bits": bits, "quant_type": cc.bnb_quant_type}})
+        kept = dict(getattr(final, "metakd_full_precision", {}))  # layers bitsandbytes cannot hold in 4 bits
+        stages.record("quantized", final, {"method": cc.quantize, "info": {"full_precision_layers": kept}},
+                      {"quantize": {"method": cc.quantize, "bits": bits, "quant_type": cc.bnb_quant_type,
+                                    "full_precision_layers": kept}})
 
     report: dict[str, Any] = {"run": run.to_dict(), "compress": cc.to_dict(), "stages": stages.rows}
     if verify:

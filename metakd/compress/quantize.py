@@ -325,7 +325,8 @@ def load_int8_state(model: nn.Module, state: dict[str, dict[str, torch.Tensor]])
 def bnb_quantize(model: nn.Module, bits: int, quant_type: str = "nf4",
                  device: str | torch.device | None = None) -> nn.Module:
     """A bitsandbytes 4-bit (``quant_type`` "nf4"/"fp4") or 8-bit copy of a Hugging Face model
-    (see :func:`metakd.quantization.quantize`); ``model`` is left as it is."""
+    (see :func:`metakd.quantization.quantize`); ``model`` is left as it is. Linear layers that 4-bit
+    bitsandbytes cannot hold on every CPU stay in full precision, listed in ``metakd_full_precision``."""
     from ..quantization import quantize
 
     return quantize(model, bits, quant_type, device=device)

@@ -247,8 +247,9 @@ def load_compressed(directory: str | Path, device: str | torch.device = "cpu") -
         import transformers
 
         cls = getattr(transformers, meta["architecture"], AutoModel)
-        model = cls.from_pretrained(str(directory), device_map={"": str(device)})
+        model = cls.from_pretrained(str(directory), device_map={"": str(device)})  # skip list in config.json
         model.metakd_compression = meta
+        model.metakd_full_precision = dict(meta.get("info", {}).get("full_precision_layers", {}))
         return model
     try:
         tensors = load_file(str(directory / WEIGHTS_FILE))

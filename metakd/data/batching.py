@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import torch
 from torch.utils.data import DataLoader
@@ -44,14 +44,49 @@ def make_collator(pad_ids: Mapping[str, int] | int = 0) -> Callable[[list[dict]]
     return collate
 
 
+def _text_key(item: Any) -> Hashable:
+    """What makes two items the same text: the text (or pair) of a ``(text, label)`` example, the
+    input tensors (everything but ``labels``) of an encoded item, else the item itself."""
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], (str, tuple, list)):
+        text = item[0]
+        return tuple(text) if isinstance(text, list) else text
+    if isinstance(item, Mapping):
+        return tuple((k, _text_key(v)) for k, v in sorted(item.items()) if k != "labels")
+    if isinstance(item, torch.Tensor):
+        return (str(item.dtype), tuple(item.shape), item.detach().cpu().numpy().tobytes())
+    try:
+        hash(item)
+    except TypeError:
+        return repr(item)
+    return item
+
+
 def split_quiz(dataset: Sequence, fraction: float, seed: int) -> tuple[list, list]:
-    """Deterministic (train, quiz) split of a data set's items by seed."""
+    """Deterministic (train, quiz) split of a data set's items by seed, disjoint by text: all
+    copies of a text (a pair: of the pair; an encoded item: of its input ids) land on the same
+    side, so no quiz text is also a training text. Items are drawn in a seeded random order and
+    each one takes its copies along, until the quiz holds ``round(fraction·n)`` items (or a few
+    more, when the last text drawn has copies); without duplicates this is the plain split by
+    index. Both sides keep the data set's order."""
     n = len(dataset)
     n_quiz = max(1, round(n * fraction))
     if n - n_quiz < 1:
         raise DataError(f"{n} training examples are too few to carve a quiz split of {fraction:.0%}")
+    groups: dict[Hashable, list[int]] = {}
+    keys = []
+    for i in range(n):
+        key = _text_key(dataset[i])
+        keys.append(key)
+        groups.setdefault(key, []).append(i)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    quiz = set(order[:n_quiz])
+    quiz: set[int] = set()
+    for i in order:
+        if len(quiz) >= n_quiz:
+            break
+        quiz.update(groups[keys[i]])
+    if len(quiz) == n:
+        raise DataError(f"the {n} training examples hold too few distinct texts ({len(groups)}) to carve a quiz "
+                        f"split of {fraction:.0%} that shares no text with the training part")
     return [dataset[i] for i in range(n) if i not in quiz], [dataset[i] for i in sorted(quiz)]
 
 
@@ -60,6 +95,12 @@ def labels_of(dataset: Sequence) -> list[int]:
     return _labels_in(dataset)
 
 
-def loader(dataset: Sequence, batch_size: int, collate: Callable, shuffle: bool, seed: int = 0) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
+def loader(dataset: Sequence, batch_size: int, collate: Callable, shuffle: bool, seed: int = 0,
+           generator: torch.Generator | None = None) -> DataLoader:
+    """A DataLoader of collated batches; with ``shuffle`` each pass draws its order from
+    ``generator`` (advancing it), or from a fresh generator seeded by ``seed``."""
+    if shuffle and generator is None:
+        generator = torch.Generator().manual_seed(seed)
+    elif not shuffle:
+        generator = None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)

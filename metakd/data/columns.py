@@ -6,7 +6,7 @@ from __future__ import annotations
 import numbers
 from typing import Any, Callable, Mapping, Sequence, Union
 
-from .errors import DataError
+from .errors import DataError, _show, _show_list
 from .labels import Text, _parse_label
 
 ColumnSpec = Union[str, int, Sequence[Union[str, int]], None]
@@ -23,7 +23,8 @@ _KNOWN_COLUMNS = frozenset(TEXT_COLUMNS) | frozenset(LABEL_COLUMNS) | {c for pai
 def _resolve_columns(text_column: ColumnSpec, label_column: str | int | None, columns: list, headerless: bool,
                      source: str, hint: bool = False) -> tuple[tuple, Any]:
     """(text keys, label key) for rows keyed by ``columns`` (names, or positions when headerless)."""
-    tip = ("; if the first row is data rather than a header, pass header=False" if hint else "")
+    tip = ("; the first row was taken as the header: if it is data, set header: false in the run file "
+           "(header=False in Python)" if hint else "")
     text_keys = None
     if text_column is not None:
         text_keys = tuple(_keys(text_column, columns, headerless, source, "text"))
@@ -34,7 +35,7 @@ def _resolve_columns(text_column: ColumnSpec, label_column: str | int | None, co
         single = next((name for name in TEXT_COLUMNS if name in columns), None)
         if pair is None and single is None:
             looked = ", ".join("/".join(p) for p in PAIR_COLUMNS) + "; then " + ", ".join(TEXT_COLUMNS)
-            raise DataError(f"{source}: no text column (looked for pairs {looked}); columns are {columns}{tip}")
+            raise DataError(f"{source}: no text column (looked for pairs {looked}); columns are {_show_list(columns)}{tip}")
         text_keys = pair if pair is not None else (single,)
     if label_column is not None:
         label_keys = _keys(label_column, columns, headerless, source, "label")
@@ -47,7 +48,7 @@ def _resolve_columns(text_column: ColumnSpec, label_column: str | int | None, co
         label_key = next((name for name in LABEL_COLUMNS if name in columns), None)
         if label_key is None:
             raise DataError(f"{source}: no label column (looked for {', '.join(LABEL_COLUMNS)}); "
-                            f"columns are {columns}{tip}")
+                            f"columns are {_show_list(columns)}{tip}")
     if text_keys is None:  # no header, no text column named: every column but the label
         text_keys = tuple(c for c in columns if c != label_key)
         if len(text_keys) not in (1, 2):
@@ -75,10 +76,10 @@ def _keys(spec: ColumnSpec, columns: list, headerless: bool, source: str, what: 
         elif isinstance(item, str):
             if headerless:
                 raise DataError(f"{source}: the file has no header row, so its {len(columns)} columns are "
-                                f"positions 0..{len(columns) - 1}; got {what} column {item!r} (pass header=True "
-                                "if the first row names the columns)")
+                                f"positions 0..{len(columns) - 1}; got {what} column {item!r} (set header: true "
+                                "(header=True in Python) if the first row names the columns)")
             if item not in columns:
-                raise DataError(f"{source}: no {what} column {item!r}; columns are {columns}")
+                raise DataError(f"{source}: no {what} column {item!r}; columns are {_show_list(columns)}")
             keys.append(item)
         else:
             raise DataError(f"{source}: a {what} column is a name or a 0-based position, got {item!r}")

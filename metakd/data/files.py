@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Callable
 
 from .columns import _KNOWN_COLUMNS, ColumnSpec, _examples, _resolve_columns
-from .errors import DataError
+from .errors import DataError, _show, _show_list
 from .labels import Text, _check_label_kinds, _parse_label
 
 CLASSIFICATION_SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".txt")
 
 
 def read_labelled_file(path: str | Path, text_column: ColumnSpec = None, label_column: str | int | None = None,
-                       header: bool | None = None) -> list[tuple[Text, int | str]]:
+                       header: bool | None = None,
+                       report: Callable[[str], None] | None = None) -> list[tuple[Text, int | str]]:
     """Labelled examples from one file: ``(text, label)`` or ``((text_a, text_b), label)``.
 
     Labels come back as ``int`` when they are integers in the file (``"1"``, ``1``, ``1.0``) and
@@ -28,9 +29,11 @@ def read_labelled_file(path: str | Path, text_column: ColumnSpec = None, label_c
     Formats, by suffix (case-insensitive):
 
     * ``.tsv`` (no quoting, as GLUE writes it) and ``.csv`` (standard quoting). ``header=None``
-      detects the header: the first row is data when none of its cells is a known column name
-      (or a name passed here) and its label cell (the last one, or ``label_column`` given by
-      position) is an integer; else it is the header. ``header=True/False`` says so. A file
+      detects the header from evidence: a cell that is a known column name (or a name passed
+      here) makes the first row a header; a label cell (the last one, or ``label_column`` given
+      by position) that is an integer, or a label other rows carry too, makes it data; a
+      name-like label cell over integer labels, or name-like cells over longer texts, make it a
+      header; anything else is kept as data. ``header=True/False`` says so. A file
       without a header has columns 0, 1, ...: two columns are ``text, label``, three are
       ``text_a, text_b, label``; otherwise name them by position.
     * ``.jsonl``: one JSON object per line. ``.json``: a list of objects.
@@ -44,6 +47,8 @@ def read_labelled_file(path: str | Path, text_column: ColumnSpec = None, label_c
     of ``LABEL_COLUMNS``. Texts are stripped; an empty text, a row with a different number of
     fields than the header (ragged), a missing value or a missing column raise DataError naming
     the file, the row and the columns found.
+
+    ``report``, when given, gets one line: how many rows were read and the header decision.
     """
     path = Path(path)
     if not path.is_file():
@@ -58,10 +63,11 @@ def read_labelled_file(path: str | Path, text_column: ColumnSpec = None, label_c
         examples, where = _read_txt(path)
     else:
         if suffix in (".tsv", ".csv"):
-            rows, columns, lines, headerless = _read_delimited(path, suffix, header, text_column, label_column)
+            rows, columns, lines, headerless, decision = _read_delimited(path, suffix, header, text_column,
+                                                                         label_column)
         else:
             rows, columns, lines = _read_json(path, suffix)
-            headerless = False
+            headerless, decision = False, "records"
 
         def where(i: int) -> str:
             return f"{path}, row {i + 1}" + (f" (line {lines[i]})" if lines is not None else "")
@@ -70,6 +76,10 @@ def read_labelled_file(path: str | Path, text_column: ColumnSpec = None, label_c
         text_keys, label_key = _resolve_columns(text_column, label_column, columns, headerless, str(path), hint)
         examples = _examples(rows, text_keys, label_key, where)
     _check_label_kinds([y for _, y in examples], where)
+    if report is not None:
+        how = "lines" if suffix == ".txt" else "rows"
+        report(f"read {len(examples):,} {how} from {path}" + ("" if suffix in (".txt", ".json", ".jsonl")
+                                                             else f": {decision}"))
     return examples
 
 
@@ -121,7 +131,7 @@ def _read_txt(path: Path) -> tuple[list[tuple[Text, int | str]], Callable[[int],
 
 
 def _read_delimited(path: Path, suffix: str, header: bool | None, text_column: ColumnSpec,
-                    label_column: str | int | None) -> tuple[list[dict], list, list[int], bool]:
+                    label_column: str | int | None) -> tuple[list[dict], list, list[int], bool, str]:
     delimiter = "\t" if suffix == ".tsv" else ","
     quoting = csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL
     raw: list[list[str]] = []
@@ -138,7 +148,9 @@ def _read_delimited(path: Path, suffix: str, header: bool | None, text_column: C
     if not raw:
         raise DataError(f"{path} holds no examples")
     if header is None:
-        header = _looks_like_header(raw[0], text_column, label_column)
+        header, decision = _header_decision(raw, text_column, label_column)
+    else:
+        decision = "header row taken (header: true)" if header else "no header row (header: false)"
     if header:
         columns: list = [cell.strip() for cell in raw[0]]
         raw, lines = raw[1:], lines[1:]
@@ -150,29 +162,71 @@ def _read_delimited(path: Path, suffix: str, header: bool | None, text_column: C
     rows = []
     for i, row in enumerate(raw):
         if len(row) != width:
-            what = f"the header has {width} ({columns})" if header else f"the first row has {width}"
+            what = f"the header has {width} ({_show_list(columns)})" if header else f"the first row has {width}"
             hint = "; a tab inside a text?" if suffix == ".tsv" and len(row) > width else ""
             raise DataError(f"{path}, row {i + 1} (line {lines[i]}): {len(row)} fields, but {what} "
                             f"(ragged rows){hint}")
         rows.append(dict(zip(columns, row)))
-    return rows, columns, lines, not header
+    return rows, columns, lines, not header, decision
 
 
-def _looks_like_header(first: list[str], text_column: ColumnSpec, label_column: str | int | None) -> bool:
-    cells = [cell.strip() for cell in first]
+def _header_decision(raw: list[list[str]], text_column: ColumnSpec,
+                     label_column: str | int | None) -> tuple[bool, str]:
+    """Whether the first row of a delimited file is a header, and the evidence, from: cells that
+    are known column names (or names passed here); the first row's label cell (the last one, or
+    ``label_column`` by position) being an integer, or a label that other rows carry too; the
+    other rows' labels being integers; first-row cells that look like column names where the
+    other rows hold longer texts. When the evidence does not point to a header the row is data:
+    no row is dropped on a guess."""
+    cells = [cell.strip() for cell in raw[0]]
     known = set(_KNOWN_COLUMNS)
     for spec in (text_column, label_column):
         if isinstance(spec, str):
             known.update([spec] + [s.strip() for s in spec.split(",")])
         elif isinstance(spec, (tuple, list)):
             known.update(s for s in spec if isinstance(s, str))
-    if any(cell in known for cell in cells):
-        return True
+    names = [cell for cell in cells if cell in known]
+    if names:
+        return True, f"header row taken: {_show(names, 4)} are column names"
     position = label_column if isinstance(label_column, int) and not isinstance(label_column, bool) else -1
+    if not -len(cells) <= position < len(cells):
+        return False, "no header row (the first row has too few cells for the label column)"
     try:
-        return not isinstance(_parse_label(cells[position], ""), int)
-    except (DataError, IndexError):
-        return True
+        first = _parse_label(cells[position], "")
+    except DataError:
+        return True, f"header row taken: its label cell {cells[position]!r} is no label"
+    if isinstance(first, int):
+        return False, f"no header row (the first row's label cell {cells[position]!r} is an integer)"
+    others = []
+    for row in raw[1:]:
+        if -len(row) <= position < len(row):
+            try:
+                others.append(_parse_label(row[position], ""))
+            except DataError:
+                pass
+    if first in others:
+        return False, f"no header row (the first row's label {first!r} is a label of other rows too)"
+    if others and all(isinstance(y, int) for y in others):
+        return True, f"header row taken: its label cell {first!r} is a name, the other rows' labels are integers"
+    label_at = position % len(cells)
+    if isinstance(text_column, int) and not isinstance(text_column, bool):
+        text_at = [text_column]
+    elif isinstance(text_column, (tuple, list)) and all(isinstance(c, int) for c in text_column):
+        text_at = list(text_column)
+    else:
+        text_at = [i for i in range(len(cells)) if i != label_at]
+    name_like = all(_NAME.fullmatch(cells[i]) for i in text_at + [label_at] if 0 <= i < len(cells))
+    words = sorted(len(row[i].split()) for row in raw[1:201] for i in text_at if 0 <= i < len(row))
+    typical = words[len(words) // 2] if words else 0
+    first_words = max((len(cells[i].split()) for i in text_at if 0 <= i < len(cells)), default=0)
+    if name_like and typical >= 2 * max(first_words, 1):
+        return True, (f"header row taken: its cells {_show(cells, 4)} look like column names and its label "
+                      f"{first!r} occurs in no other row")
+    return False, (f"no header row (kept the first row as data: its label {first!r} occurs in no other row, but "
+                   "its cells do not look like column names; set header: true if they are)")
+
+
+_NAME = re.compile(r"[A-Za-z_#][\w#.\- ]{0,39}")
 
 
 def _read_json(path: Path, suffix: str) -> tuple[list[dict], list, list[int] | None]:

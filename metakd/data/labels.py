@@ -76,7 +76,7 @@ def _map_labels(splits: Mapping[str, list[tuple[Text, int | str]]], source: str,
             unknown = sorted({str(y) for _, y in rows if str(y) not in index})
             if unknown:
                 raise DataError(f"{source}: {split} labels {_show(unknown)} do not occur in the train split "
-                                f"(train labels: {names})")
+                                f"(train labels: {_show(names)})" + _swapped_hint(names, len(train)))
             out[split] = [(t, index[str(y)]) for t, y in rows]
         return out, names
     top = -1
@@ -95,6 +95,14 @@ def _map_labels(splits: Mapping[str, list[tuple[Text, int | str]]], source: str,
     if class_names is not None and len(class_names) >= len(names):
         names = [str(n) for n in class_names]
     return {split: list(rows) for split, rows in splits.items()}, names  # type: ignore[misc]
+
+
+def _swapped_hint(names: Sequence[str], rows: int) -> str:
+    """A hint when the "labels" look like texts: about as many distinct values as rows."""
+    if len(names) > 50 and len(names) > rows // 2:
+        return (f"; {len(names):,} distinct labels in {rows:,} rows look like texts: are the text and label "
+                "columns swapped?")
+    return ""
 
 
 def _labels_in(data: Any) -> list[int]:

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import torch
 
 from .columns import ColumnSpec, _examples, _resolve_columns
-from .errors import DataError
+from .errors import DataError, _show, _show_list
 from .files import CLASSIFICATION_SUFFIXES, read_labelled_file
 from .hub import EVAL_SPLITS, _hub_load, _parse_hub_spec
 from .labels import Example, Text, _check_label_kinds, _map_labels
+
+
+EVAL_FILES = ("dev", "validation", "valid", "test", "dev_matched", "validation_matched")
+"""File names (without suffix) of a data directory's eval file, in the order tried."""
 
 
 class HubTask(NamedTuple):
@@ -41,9 +45,10 @@ HUB_TASKS: dict[str, HubTask] = {
 }
 
 
-def load_task(spec: str, n_train: int | None = None, n_eval: int | None = None, seed: int = 0, *,
-              text_column: ColumnSpec = None, label_column: str | int | None = None,
-              header: bool | None = None, eval_split: str | None = None) -> dict[str, Any]:
+def load_task(spec: str | Mapping[str, str], n_train: int | None = None, n_eval: int | None = None,
+              seed: int = 0, *, text_column: ColumnSpec = None, label_column: str | int | None = None,
+              header: bool | None = None, eval_split: str | None = None,
+              report: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train and eval examples of a classification task, and its label names.
 
     Returns ``{"train": [...], "eval": [...], "label_names": [...]}``; examples are
@@ -53,8 +58,10 @@ def load_task(spec: str, n_train: int | None = None, n_eval: int | None = None, 
     ``spec``:
 
     * ``"embedded"``: the generated sentiment task (``metakd.synthetic``).
-    * a directory with a ``train.*`` file and a ``dev``/``validation``/``valid``/``test`` file
+    * a directory with a ``train.*`` file and an eval file, the first of ``EVAL_FILES``
+      (``dev``, ``validation``, ``valid``, ``test``, ``dev_matched``, ``validation_matched``)
       (``.tsv``, ``.csv``, ``.jsonl``, ``.json`` or ``.txt``; e.g. ``../shared/data/sst2``).
+    * ``{"train": PATH, "eval": PATH}``: the two files named.
     * a single file: split 90/10 by seed.
     * a name in ``HUB_TASKS`` (``"glue/sst2"``, ``"glue/mrpc"``, ``"glue/qnli"``, ``"glue/rte"``,
       ``"glue/qqp"``, ``"glue/mnli"`` (eval: validation_matched), ``"imdb"`` (eval: test), ...), or
@@ -67,9 +74,17 @@ def load_task(spec: str, n_train: int | None = None, n_eval: int | None = None, 
     (names ``"0"``, ``"1"``, ...; hub sets give their class names); label names are mapped to ids
     in the sorted order of the train labels (of the whole file for a single file), and an eval
     label that train lacks is an error. ``n_train``/``n_eval`` take a seeded random subset that
-    keeps the file order; the label mapping does not depend on them.
+    keeps the file order; the label mapping does not depend on them. ``report`` gets one line per
+    file read (rows read, header decision).
     """
     class_names = None
+    read = dict(text_column=text_column, label_column=label_column, header=header, report=report)
+    if isinstance(spec, Mapping):
+        paths = _named_files(spec)
+        raw = {role: read_labelled_file(p, **read) for role, p in paths.items()}
+        mapped, names = _map_labels(raw, f"{paths['train']} / {paths['eval']}")
+        return {"train": _subset(mapped["train"], n_train, seed), "eval": _subset(mapped["eval"], n_eval, seed + 1),
+                "label_names": names}
     if spec == "embedded":
         if text_column is not None or label_column is not None or header is not None:
             raise DataError("text_column, label_column and header do not apply to the embedded task")
@@ -83,11 +98,9 @@ def load_task(spec: str, n_train: int | None = None, n_eval: int | None = None, 
         mapped, names = _map_labels(raw, spec, class_names)
     else:
         path = Path(spec)
-        read = dict(text_column=text_column, label_column=label_column, header=header)
         if path.is_dir():
             raw = {"train": read_labelled_file(_find(path, ("train",)), **read),
-                   "eval": read_labelled_file(_find(path, ("dev", "validation", "valid", "test", "dev_matched",
-                                                           "validation_matched")), **read)}
+                   "eval": read_labelled_file(_find(path, EVAL_FILES), **read)}
             mapped, names = _map_labels(raw, str(path))
         elif path.is_file():
             rows, names = _map_labels({"train": read_labelled_file(path, **read)}, str(path))
@@ -110,13 +123,30 @@ def load_task(spec: str, n_train: int | None = None, n_eval: int | None = None, 
             "label_names": names}
 
 
+def _named_files(spec: Mapping[str, Any]) -> dict[str, Path]:
+    """The train and eval files of ``{"train": PATH, "eval": PATH}``, checked."""
+    keys = set(spec)
+    if keys != {"train", "eval"}:
+        raise DataError(f"data as a mapping names two files, {{train: PATH, eval: PATH}}; got keys {_show(sorted(map(str, keys)))}")
+    out = {}
+    for role in ("train", "eval"):
+        value = spec[role]
+        if not isinstance(value, (str, Path)) or not str(value).strip():
+            raise DataError(f"data.{role} must be a file path, got {value!r}")
+        path = Path(value)
+        if path.is_dir():
+            raise DataError(f"data.{role} {path} is a directory; name a file")
+        out[role] = path
+    return out
+
+
 def _find(directory: Path, stems: Sequence[str]) -> Path:
     for stem in stems:
         for suffix in CLASSIFICATION_SUFFIXES:
             if (directory / f"{stem}{suffix}").is_file():
                 return directory / f"{stem}{suffix}"
     raise DataError(f"{directory}: no {'/'.join(stems)} file ({', '.join(CLASSIFICATION_SUFFIXES)}); "
-                    f"found {sorted(p.name for p in directory.iterdir())}")
+                    f"found {_show_list(sorted(p.name for p in directory.iterdir()))}")
 
 
 def _subset(rows: list[Example], n: int | None, seed: int) -> list[Example]:
@@ -130,12 +160,12 @@ def _pick_split(ds: Any, wanted: str | None, name: str, role: str) -> str:
     available = list(ds.keys())
     if wanted is not None:
         if wanted not in available:
-            raise DataError(f"hub dataset {name!r} has no {role} split {wanted!r}; its splits are {available}")
+            raise DataError(f"hub dataset {name!r} has no {role} split {wanted!r}; its splits are {_show_list(available)}")
         return wanted
     found = next((s for s in EVAL_SPLITS if s in available), None)
     if found is None:
         raise DataError(f"hub dataset {name!r} has no eval split (looked for {', '.join(EVAL_SPLITS)}); its "
-                        f"splits are {available}; pass eval_split")
+                        f"splits are {_show_list(available)}; pass eval_split")
     return found
 
 

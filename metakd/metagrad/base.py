@@ -45,6 +45,7 @@ class MetaProblem:
     unroll_steps: int = 1
     pilot_optimizer: str = "sgd"
     fd_epsilon: float = 1e-3            # finite_diff: step ε = fd_epsilon / ‖g‖ along g
+    fd_scheme: str = "central"          # finite_diff: "central" (θ ± εg) or "forward" (θ + εg and the pilot's θ)
     timer: Any = field(default_factory=NullTimer)  # anything with .phase(name) -> context manager
     reduce: Callable[[list[Tensor]], list[Tensor]] | None = None
     """Data-parallel runs: the mean over processes of a list of tensors (``Dist.all_reduce_mean``),
@@ -163,15 +164,26 @@ class RngReplay:
 
 def pilot_gradient(problem: MetaProblem, teacher: Outputs) -> tuple[float, list[Tensor], RngReplay]:
     """``L_in(θ, z_T)`` and ``∇_θ L_in`` (first order), plus the RNG state of that forward."""
+    inner_value, grads, rng, _ = pilot_gradient_with_outputs(problem, teacher, keep_outputs=False)
+    return inner_value, grads, rng
+
+
+def pilot_gradient_with_outputs(problem: MetaProblem, teacher: Outputs, keep_outputs: bool = True
+                                ) -> tuple[float, list[Tensor], RngReplay, Outputs | None]:
+    """:func:`pilot_gradient` plus the pilot forward's student outputs at θ, detached (None
+    unless ``keep_outputs``): a later pass at θ with the same dropout masks need not rerun."""
     with problem.timer.phase("pilot"):
         rng = RngReplay(problem)
         with problem.autocast():
-            inner = problem.objective.inner(problem.student(problem.batch), teacher, problem.batch)
+            student = problem.student(problem.batch)
+            inner = problem.objective.inner(student, teacher, problem.batch)
         grads = torch.autograd.grad(_scaled(inner, problem.loss_scale), problem.params, allow_unused=True)
         grads = [_unscale(g, problem.loss_scale) if g is not None else torch.zeros_like(p)
                  for g, p in zip(grads, problem.params)]
         inner_value, grads = reduced_with_loss(problem, inner, grads)
-    return inner_value, grads, rng
+        kept = (Outputs(student.logits.detach(), {k: v.detach() for k, v in student.hidden.items()})
+                if keep_outputs else None)
+    return inner_value, grads, rng, kept
 
 
 def quiz_gradient(problem: MetaProblem, names: list[str], pilot_grads: list[Tensor]
@@ -212,6 +224,6 @@ def loss_gradient_wrt_teacher(problem: MetaProblem, value: Tensor, teacher: Outp
 
 
 __all__ = ["MetaProblem", "MetaResult", "NullTimer", "RngReplay", "detached_outputs", "loss_gradient_wrt_teacher",
-           "output_tensors", "param_names", "pilot_gradient", "quiz_gradient", "reduced", "reduced_with_loss",
+           "output_tensors", "param_names", "pilot_gradient", "pilot_gradient_with_outputs", "quiz_gradient", "reduced", "reduced_with_loss",
            "require_one_sgd_step",
            "student_outputs", "teacher_backward"]

@@ -1,12 +1,15 @@
-"""Meta-gradient for one SGD pilot step by central differences (DARTS-style): no second-order
+"""Meta-gradient for one SGD pilot step by finite differences (DARTS-style): no second-order
 graph and no forward-mode AD, so any attention kernel, and anything that runs forward, works.
 
-``⟨∇_θ L_in(θ, z_T), g⟩ ≈ [L_in(θ + εg, z_T) − L_in(θ − εg, z_T)] / 2ε`` with two no-grad student
-forwards; its gradient with respect to the teacher outputs, times −η, goes back through the
-teacher. ``ε = fd_epsilon / ‖g‖``, so the step in parameter space has length ``fd_epsilon``;
-the error is O(ε²). When the student's forwards run in bfloat16/float16 (autocast, or half
-weights) the step length is at least :data:`HALF_PRECISION_STEP` of that dtype: a 1e-3 step is
-lost in half-precision rounding of the weights and logits (see :func:`step_length`).
+``⟨∇_θ L_in(θ, z_T), g⟩ ≈ [L_in(θ + εg, z_T) − L_in(θ − εg, z_T)] / 2ε`` (``fd_scheme="central"``)
+with two no-grad student forwards, or ``[L_in(θ + εg, z_T) − L_in(θ, z_T)] / ε`` (``"forward"``)
+with one, the student outputs at θ being the pilot forward's (same dropout masks); its gradient
+with respect to the teacher outputs, times −η, goes back through the teacher.
+``ε = fd_epsilon / ‖g‖``, so the step in parameter space has length ``fd_epsilon``; the error is
+O(ε²) for the central scheme, O(ε) for the forward one. When the
+student's forwards run in bfloat16/float16 (autocast, or half weights) the step length is at least
+:data:`HALF_PRECISION_STEP` of that dtype: a 1e-3 step is lost in half-precision rounding of the
+weights and logits (see :func:`step_length`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 from ..forward import Outputs
 from ..precision import active_dtype
 from .base import (MetaProblem, MetaResult, detached_outputs, loss_gradient_wrt_teacher, output_tensors, param_names,
-                   pilot_gradient, quiz_gradient, require_one_sgd_step, student_outputs, teacher_backward)
+                   pilot_gradient_with_outputs, quiz_gradient, require_one_sgd_step, student_outputs, teacher_backward)
 
 
 HALF_PRECISION_STEP = {torch.bfloat16: 1e-2, torch.float16: 3e-3}
@@ -40,9 +43,12 @@ def finite_diff_meta_gradient(problem: MetaProblem) -> MetaResult:
     require_one_sgd_step(problem, "finite_diff")
     if not (problem.fd_epsilon > 0 and math.isfinite(problem.fd_epsilon)):
         raise ValueError(f"fd_epsilon must be a positive number, got {problem.fd_epsilon!r}")
+    if problem.fd_scheme not in ("central", "forward"):
+        raise ValueError(f"fd_scheme must be 'central' or 'forward', got {problem.fd_scheme!r}")
+    forward = problem.fd_scheme == "forward"
     teacher = detached_outputs(problem.teacher_out)
     names = param_names(problem)
-    inner, pilot_grads, rng = pilot_gradient(problem, teacher)
+    inner, pilot_grads, rng, at_theta = pilot_gradient_with_outputs(problem, teacher, keep_outputs=forward)
     quiz, g = quiz_gradient(problem, names, pilot_grads)
     with problem.timer.phase("directional_derivative"):
         norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x) for x in g])))
@@ -53,13 +59,17 @@ def finite_diff_meta_gradient(problem: MetaProblem) -> MetaResult:
                 dtype = active_dtype(problem.params[0].device, problem.params[0].dtype)
             eps = step_length(problem.fd_epsilon, dtype) / norm
             sides = []
-            for sign in (1.0, -1.0):
+            for sign in ((1.0,) if forward else (1.0, -1.0)):
                 shifted = {n: p.detach() + (sign * eps) * gi for n, p, gi in zip(names, problem.params, g)}
                 with torch.no_grad(), rng.replay():
                     sides.append(Outputs(*student_outputs(problem, shifted)))
                 del shifted
-            diff = (problem.objective.inner(sides[0], teacher, problem.batch)
-                    - problem.objective.inner(sides[1], teacher, problem.batch)) / (2 * eps)
+            if forward:
+                diff = (problem.objective.inner(sides[0], teacher, problem.batch)
+                        - problem.objective.inner(at_theta, teacher, problem.batch)) / eps
+            else:
+                diff = (problem.objective.inner(sides[0], teacher, problem.batch)
+                        - problem.objective.inner(sides[1], teacher, problem.batch)) / (2 * eps)
             z_grads = loss_gradient_wrt_teacher(problem, diff, teacher)
     phi_grads = teacher_backward(problem, z_grads)
     if not math.isfinite(norm):  # a NaN/inf quiz gradient: say so (the step guard skips the update), never zero

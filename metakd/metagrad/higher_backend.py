@@ -48,11 +48,18 @@ def higher_meta_gradient(problem: MetaProblem) -> MetaResult:
                          "'finite_diff' over several processes")
     first: dict[str, object] = {}
     teacher = detached_outputs(problem.teacher_out)
+    # higher hands the callback one gradient per parameter of the whole student (None for frozen
+    # ones), in the order of ``student.parameters()``; θ may be a subset of them
+    position = {id(p): i for i, p in enumerate(problem.student.parameters())}
+    try:
+        theta_at = [position[id(p)] for p in problem.params]
+    except KeyError:
+        raise ValueError("MetaProblem.params must be parameters of MetaProblem.student") from None
 
     def keep_first_grads(grads):
         if "grads" not in first:
-            first["grads"] = [g.detach().clone() if g is not None else torch.zeros_like(p)
-                              for g, p in zip(grads, problem.params)]
+            first["grads"] = [grads[i].detach().clone() if grads[i] is not None else torch.zeros_like(p)
+                              for i, p in zip(theta_at, problem.params)]
         return grads
 
     optimizer = _pilot_optimizer(problem)

@@ -1,0 +1,24 @@
+"""What a run tells its user: which limit stops training, and a teacher that learned nothing."""
+
+from __future__ import annotations
+
+from metakd.evaluate import collapse_warning, majority_rate
+from metakd.finetune import step_plan
+
+
+def test_step_plan_names_the_limit_that_stops():
+    # the issue's case: 1 epoch of 57 batches with max_steps 60 runs 57 steps, and says so
+    steps, why = step_plan(57 * 32, 32, 1, 60)
+    assert steps == 57 and "end it before max_steps 60 is reached" in why
+    steps, why = step_plan(100, 32, 3, 5)
+    assert steps == 5 and why.startswith("5 steps: max_steps 5 stops it before the end of 3 epoch(s) of 4 batch(es)")
+    assert step_plan(100, 32, 2, None) == (8, "8 steps: 2 epoch(s) of 4 batch(es) of 32")
+    assert step_plan(64, 32, 1, 2)[1].endswith("which is max_steps too")
+
+
+def test_collapse_warning_within_a_point_of_the_majority_rate():
+    labels = [0] * 60 + [1] * 40
+    assert majority_rate(labels) == 0.6
+    warning = collapse_warning({"accuracy": 0.605, "recall": 0.5}, labels)
+    assert warning is not None and "majority-class rate 0.600" in warning and "finetune.lr" in warning
+    assert collapse_warning({"accuracy": 0.62, "recall": 0.55}, labels) is None

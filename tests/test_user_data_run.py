@@ -1,0 +1,55 @@
+"""``metakd distill`` on a user's own headerless, string-labelled 4-class file, in process: every
+row read and the header decision reported, label names saved with the models, the teacher's
+collapse and the stopping limit reported."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from metakd.cli import main
+
+from .conftest import save_tiny_encoder
+from .test_data_files import news_rows
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    return save_tiny_encoder(tmp_path_factory.mktemp("encoder") / "tiny")
+
+
+def write_run(tmp_path, encoder, data, output="out", extra: str = "") -> str:
+    run = tmp_path / "run.yaml"
+    run.write_text(f"""
+teacher: {encoder}
+student: "first:1"
+data: {data}
+text_column: 0
+label_column: 1
+finetune: {{epochs: 1, max_steps: 3, batch_size: 8}}
+output: {tmp_path / output}
+distill: {{meta_update: lora, max_steps: 2, batch_size: 8, max_length: 16, progress: false}}
+{extra}""")
+    return str(run)
+
+
+def test_headerless_string_labelled_four_classes(tmp_path, encoder, capsys, monkeypatch):
+    monkeypatch.setenv("METAKD_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "news.csv"
+    data.write_text("\n".join(news_rows(101, first_label="Weather")) + "\n")
+    assert main(["distill", write_run(tmp_path, encoder, data), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert f"read 101 rows from {data}: no header row" in err
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["label_names"] == ["Business", "Sci/Tech", "Sports", "Weather", "World"]
+    # every row: 101 rows split 91/10 (seeded), nothing eaten by a header guess
+    assert "91 training and 10 evaluation examples" in err
+    assert "3 steps: max_steps 3 stops it before the end of 1 epoch(s)" in err.replace("finetune.", "")
+    assert "2 steps: distill.max_steps 2 stops it" in err
+    for saved in ("teacher", "distilled/student"):
+        config = json.loads((tmp_path / "out" / saved / "config.json").read_text())
+        assert config["id2label"] == {str(i): n for i, n in enumerate(metrics["label_names"])}, saved
+    # three fine-tuning steps teach a random tiny model nothing: said, and recorded
+    assert "no better than predicting the majority class" in err
+    assert "majority-class rate" in metrics["teacher_warning"]
