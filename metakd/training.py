@@ -167,7 +167,7 @@ class TrainingLoopMixin:
             else:
                 log.warning("no checkpoint in %s: starting from the beginning", checkpoint_dir)
         done = replay
-        steplog = self._step_log(log_dir, total, replay if resume else None)
+        steplog = self._step_log(log_dir, total, self.steps_done if resume else None)  # lines are by global step
         bar = tqdm(total=total, initial=done, desc=f"distil ({cfg.meta_update})", disable=not cfg.progress, leave=False)
         with ckpt.StopSignals(enabled=checkpoint_dir is not None) as stop, _closing(steplog):
             for _epoch in range(max(cfg.epochs, math.ceil(total / max(steps_per_epoch, 1)))):
