@@ -340,4 +340,5 @@ def test_bench_lm_chunking_quick_end_to_end(tmp_path):
     results = json.loads((tmp_path / "lm_chunking.json").read_text())["results"]
     assert {(r["mode"], r["chunk"]) for r in results} == {("none", 0), ("none", 16), ("lora", 0), ("lora", 16)}
     assert all(r["median_step_seconds"] > 0 and r["step_memory_bytes"] > 0 for r in results)
-    assert "| LoRA meta-update (jvp) | 16 |" in proc.stdout
+    assert all(min(r["step_seconds"]) <= r["median_step_seconds"] <= max(r["step_seconds"]) for r in results)
+    assert "| LoRA meta-update (jvp) | 16 |" in proc.stdout and "load average" in proc.stdout

@@ -12,6 +12,7 @@ own weights are left out and what remains is the step's working memory.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -97,7 +98,8 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
         if i >= spec["warmup"]:
             seconds.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated(device) if cuda else peak_rss_bytes()
-    return {**spec, "median_step_seconds": statistics.median(seconds), "step_memory_bytes": peak - base,
+    return {**spec, "median_step_seconds": statistics.median(seconds), "step_seconds": seconds,
+            "step_memory_bytes": peak - base,
             "peak_memory_bytes": peak, "logits_bytes": spec["batch_size"] * spec["seq_len"] * spec["vocab"] * 4,
             "memory_source": "cuda max_memory_allocated" if cuda else "peak RSS (ru_maxrss)"}
 
@@ -108,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         return serve_worker(args.worker, run_config)
     s = args.settings
     results = []
+    load_start = os.getloadavg()[0]
     for mode in args.mode_list:
         for chunk in s["chunks"]:
             label = f"{mode} chunk={chunk or 'none'}"
@@ -118,17 +121,20 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         ref = next(x for x in results if x["mode"] == r["mode"] and x["chunk"] == s["chunks"][0])
         rows.append(["plain KD" if r["mode"] == "none" else "LoRA meta-update (jvp)", r["chunk"] or "none",
-                     f"{r['median_step_seconds']:.3f}", fmt_bytes(r["step_memory_bytes"]),
+                     f"{r['median_step_seconds']:.3f} ({min(r['step_seconds']):.2f}–{max(r['step_seconds']):.2f})",
+                     fmt_bytes(r["step_memory_bytes"]),
                      f"{r['step_memory_bytes'] / r['logits_bytes']:.1f}",
                      f"{r['step_memory_bytes'] / max(ref['step_memory_bytes'], 1):.2f}x"])
-    table = markdown_table(["mode", "lm_chunk_size", "s/step (median)", "step memory",
+    table = markdown_table(["mode", "lm_chunk_size", "s/step: median (min–max)", "step memory",
                             "step memory / one logits tensor", f"vs chunk={s['chunks'][0] or 'none'}"], rows)
     notes = [f"GPT-2 teacher (2 blocks, width 64) and student (1 block), vocabulary {s['vocab']}, batch "
              f"{s['batch_size']} x {s['seq_len']} tokens; one logits tensor is "
              f"{fmt_bytes(s['batch_size'] * s['seq_len'] * s['vocab'] * 4)} (float32)",
              f"median of {s['steps']} steps after {s['warmup']} warm-up; device {args.device}",
              "step memory: peak minus the process's resident size before the first step "
-             f"({results[0]['memory_source'] if results else 'n/a'})"]
+             f"({results[0]['memory_source'] if results else 'n/a'})",
+             f"1-minute load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end on "
+             f"{os.cpu_count()} cores: above the core count, other jobs inflate and scatter the times (min–max)"]
     payload = {"benchmark": NAME, "quick": args.quick, "settings": s, "results": results}
     paths = write_results(args.out, NAME, payload, table, notes)
     print_report(payload, table, notes, [paths["json"], paths["md"]])
