@@ -176,8 +176,9 @@ def prepare_teacher(args: argparse.Namespace, splits: dict[str, list], num_label
         else:
             model, _ = load_classifier(tokenizer_dir, num_labels)
             lr = 5e-5
-        print(f"fine-tuning the teacher on {len(train)} examples ({s['finetune_epochs']} epochs); "
-              "cached for later runs", file=sys.stderr)
+        steps = s["finetune_epochs"] * -(-len(train) // 32)
+        print(f"fine-tuning the teacher on {len(train)} examples ({s['finetune_epochs']} epochs, {steps} steps; "
+              "its progress bar shows the time left); cached for later runs", file=sys.stderr)
         finetune_classifier(model, train, epochs=s["finetune_epochs"], lr=lr, batch_size=32, seed=args.seed,
                             progress=not args.no_progress)
         return model
