@@ -105,3 +105,23 @@ def test_teacher_reused_across_outputs_and_refitted_for_other_data(tmp_path, tin
     assert f"the teacher in {tmp_path / 'out' / 'teacher'} was fine-tuned with other data, label_names" in third
     record = json.loads((tmp_path / "out" / "teacher" / "metakd_finetune.json").read_text())
     assert "Weather" in record["origin"]["label_names"]
+
+
+def test_origin_covers_what_the_teacher_trains_on(tmp_path):
+    from metakd.run import RunConfig
+    from metakd.teacher_cache import origin_difference, teacher_origin
+
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\ngood film,1\nbad film,0\n")
+
+    def origin(**values):
+        return teacher_origin(RunConfig.from_dict({"data": str(data), **values}), "some/hub-id", ["0", "1"])
+
+    base = origin()
+    # the student's subset is the teacher's too unless finetune.n_train says otherwise
+    assert origin_difference(base, origin(n_train=1)) == ["n_train"]
+    assert origin(finetune={"n_train": 5}, n_train=1)["n_train"] == 5
+    assert origin_difference(base, origin(distill={"seed": 1})) == ["seed"]
+    assert origin_difference(base, origin(teacher="other")) == ["teacher"]
+    data.write_text("text,label\ngood film,1\nbad film,0\nfine,1\n")
+    assert origin_difference(base, origin()) == ["data"]
