@@ -56,6 +56,7 @@ def teacher_origin(run: "RunConfig", base: str, label_names: Sequence[str] | Non
         "data": data_identity(run.data), "task": run.task, "text_column": run.text_column,
         "label_column": run.label_column, "header": run.header, "label_map": run.label_map,
         "label_names": list(label_names) if label_names is not None else None,
+        "n_train": run.finetune.get("n_train") or run.n_train,  # the examples the teacher trains on
         "seed": run.distill.seed, "max_length": run.distill.max_length, "finetune": run.finetune,
     }, default=str))
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -105,3 +108,57 @@ def test_teacher_reused_across_outputs_and_refitted_for_other_data(tmp_path, tin
     assert f"the teacher in {tmp_path / 'out' / 'teacher'} was fine-tuned with other data, label_names" in third
     record = json.loads((tmp_path / "out" / "teacher" / "metakd_finetune.json").read_text())
     assert "Weather" in record["origin"]["label_names"]
+
+
+def test_origin_covers_what_the_teacher_trains_on(tmp_path):
+    from metakd.run import RunConfig
+    from metakd.teacher_cache import origin_difference, teacher_origin
+
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\ngood film,1\nbad film,0\n")
+
+    def origin(**values):
+        return teacher_origin(RunConfig.from_dict({"data": str(data), **values}), "some/hub-id", ["0", "1"])
+
+    base = origin()
+    # the student's subset is the teacher's too unless finetune.n_train says otherwise
+    assert origin_difference(base, origin(n_train=1)) == ["n_train"]
+    assert origin(finetune={"n_train": 5}, n_train=1)["n_train"] == 5
+    assert origin_difference(base, origin(distill={"seed": 1})) == ["seed"]
+    assert origin_difference(base, origin(teacher="other")) == ["teacher"]
+    data.write_text("text,label\ngood film,1\nbad film,0\nfine,1\n")
+    assert origin_difference(base, origin()) == ["data"]
+
+
+@pytest.mark.slow
+def test_sigterm_then_sigint_on_a_real_process(tmp_path, tiny_encoder):
+    """A real ``metakd distill`` stopped during the teacher's fine-tuning by SIGTERM and at once
+    SIGINT (a second Ctrl-C) ends in one line with the resume command, never a traceback."""
+    data = tmp_path / "news.csv"
+    data.write_text("\n".join(news_rows(60)) + "\n")
+    run = write_run(tmp_path, tiny_encoder, data)
+    with open(run) as fh:
+        text = fh.read().replace("epochs: 1, max_steps: 3,", "epochs: 100000, max_steps: 100000,")
+        text = text.replace("progress: false}", "progress: false, checkpoint_every: 5}")
+    with open(run, "w") as fh:
+        fh.write(text)
+    env = dict(os.environ, METAKD_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "metakd", "distill", run, "--no-progress"], env=env,
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stderr:  # wait until the fine-tuning runs: its first periodic checkpoint is written
+        lines.append(line)
+        if line.startswith("fine-tuning the teacher on"):
+            break
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "out" / "teacher_checkpoint" / "finetune_checkpoint.json").is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, "no fine-tuning checkpoint appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGINT)
+    _, rest = proc.communicate(timeout=120)
+    err = "".join(lines) + rest
+    assert "Traceback" not in err, err[-3000:]
+    assert proc.returncode in (130, 128 + signal.SIGTERM), err[-3000:]
+    last = rest.strip().splitlines()[-1]
+    assert last.startswith("metakd: stop") and last.endswith(f"continue with: metakd distill {run} --resume"), last
