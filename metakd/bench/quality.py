@@ -123,6 +123,9 @@ def parser() -> argparse.ArgumentParser:
                    help="meta modes whose final teachers the controls use (default: full)")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time, each a process (default: %(default)s)")
     p.add_argument("--eval-every", type=int, help="steps between evaluations (default: the base run's)")
+    p.add_argument("--keep-runs", metavar="DIR",
+                   help="store every finished run (and the final teachers the controls use) in DIR and take runs "
+                        "found there instead of repeating them: a stopped study continues where it stopped")
     return p
 
 
@@ -201,13 +204,31 @@ def _spec(args, run, teacher_dir: str, label: str, kind: str, mode: str, seed: i
             "progress": not args.no_progress, "run": cfg.to_dict(), "keep_teacher": keep}
 
 
-def run_all(specs: list[dict[str, Any]], jobs: int, what: str) -> list[dict[str, Any]]:
-    """Run every spec in a process of its own, ``jobs`` at a time, in order; prints progress."""
+def _stored(keep_runs: str | None, spec: dict[str, Any]) -> Path | None:
+    """Where ``--keep-runs`` stores the result of ``spec`` (keyed by everything that defines the run)."""
+    if not keep_runs:
+        return None
+    import hashlib
+
+    key = {k: v for k, v in spec.items() if k not in ("progress", "label")}
+    return Path(keep_runs) / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]}.json"
+
+
+def run_all(specs: list[dict[str, Any]], jobs: int, what: str, keep_runs: str | None = None) -> list[dict[str, Any]]:
+    """Run every spec in a process of its own, ``jobs`` at a time, in order; prints progress. With
+    ``keep_runs`` a run stored there is read back instead of repeated, and each new one is stored."""
     done = [0]
     start = time.perf_counter()
 
     def one(spec: dict[str, Any]) -> dict[str, Any]:
-        result = run_worker(__name__, spec)
+        stored = _stored(keep_runs, spec)
+        if stored is not None and stored.is_file():
+            result = json.loads(stored.read_text())
+        else:
+            result = run_worker(__name__, spec)
+            if stored is not None:
+                stored.parent.mkdir(parents=True, exist_ok=True)
+                stored.write_text(json.dumps(result))
         done[0] += 1
         print(f"[{what} {done[0]}/{len(specs)}] {spec['label']}, seed {spec['seed']}: final accuracy "
               f"{result['student']['accuracy']:.4f} ({result['wall_seconds']:.0f} s; "
@@ -455,6 +476,10 @@ def study(args: argparse.Namespace) -> int:
     print(f"data: {run.data}: {len(splits['train'])} train, {len(splits['eval'])} eval examples", file=sys.stderr)
     teacher = sweep.prepare_teacher(run, fine_tune=not args.no_finetune, progress=not args.no_progress)
     timing["teacher (fine-tune or cache)"] = time.perf_counter() - t0
+    if args.keep_runs:
+        work = Path(args.keep_runs) / "teachers"
+        work.mkdir(parents=True, exist_ok=True)
+        return _study(args, run, teacher, work, timing)
     work = Path(tempfile.mkdtemp(prefix="metakd-quality-teachers-"))
     try:
         return _study(args, run, teacher, work, timing)
@@ -476,7 +501,7 @@ def _study(args, run, teacher, work: Path, timing: dict[str, float]) -> int:
     grid_specs = [_spec(args, run, tdir, f"grid {LABELS[v['mode']]}", "grid", v["mode"], args.grid_seed, v["values"],
                         keep=keep(v["mode"], args.grid_seed, f"g{i}")) for i, v in enumerate(variants)
                   if v["mode"] not in single]
-    grid = run_all(grid_specs, args.jobs, "grid") if grid_specs else []
+    grid = run_all(grid_specs, args.jobs, "grid", args.keep_runs) if grid_specs else []
     timing["grid"] = time.perf_counter() - t
     chosen_values = {v["mode"]: v["values"] for v in variants if v["mode"] in single}
     chosen = {m: choose(grid, m) for m in ("lora", "full") if any(r["mode"] == m for r in grid)}
@@ -491,7 +516,7 @@ def _study(args, run, teacher, work: Path, timing: dict[str, float]) -> int:
                 continue
             specs.append(_spec(args, run, tdir, LABELS[mode], "main", mode, seed, chosen_values.get(mode, {}),
                                keep=keep(mode, seed, "main")))
-    main = run_all(specs, args.jobs, "main")
+    main = run_all(specs, args.jobs, "main", args.keep_runs)
     for mode, r in chosen.items():
         main.append(dict(r, kind="main", label=LABELS[mode]))
     timing["main runs"] = time.perf_counter() - t
@@ -512,7 +537,7 @@ def _study(args, run, teacher, work: Path, timing: dict[str, float]) -> int:
                                            seed, {"temperature": temp}))
             for spec in control_specs[-len(args.controls):]:
                 spec["values"] = dict(spec["values"], of=mode)  # which meta mode's teacher the control matches
-    controls = run_all(control_specs, args.jobs, "controls") if control_specs else []
+    controls = run_all(control_specs, args.jobs, "controls", args.keep_runs) if control_specs else []
     timing["controls"] = time.perf_counter() - t
 
     results = main + controls

@@ -10,7 +10,8 @@ The modules, one job each: ``errors`` (DataError), ``labels`` (parsing, mapping 
 labels), ``columns`` (which columns of a row hold texts and label), ``files`` (reading one labelled
 file), ``hub`` (loading from the Hugging Face hub), ``tasks`` (``load_task``), ``lm``
 (``load_lm_corpus``), ``encoding`` (``encode``, ``encode_lm``) and ``batching`` (collators, quiz
-split, loaders), ``splits`` (the validation split). Import from ``metakd.data``; the names below are its public interface.
+split, loaders), ``splits`` (the validation split). Import from ``metakd.data``; the names below
+are its public interface.
 """
 
 from __future__ import annotations
