@@ -45,3 +45,12 @@ def test_ratios_pair_steps_of_a_round_and_the_faster_plain_kd_is_the_denominator
     assert "1.50× — met" in lines[0]  # ≤ 1.8× plain KD
     assert "0.38× — met" in lines[1]  # time vs full-all, paired per round
     assert "0.30× — met" in lines[2]  # peak above the models: 300 / 1000
+
+
+def test_both_sub_batch_levers_add_combined_rows_and_only_filters_them():
+    confs = configurations(parse_args(["--meta-batch-size", "8", "--quiz-batch-size", "4", "--only", "quiz batch"]))
+    labels = [c["label"] for c in confs]
+    assert labels == ["plain KD (SDPA)", "plain KD (eager)", "lora top:2 reuse, quiz batch 4",
+                      "lora top:2 restore, meta_batch_size=8, quiz batch 4",
+                      "lora top:2 restore, meta_batch_size=8, quiz batch 4, meta_every=4"]
+    assert confs[-1]["every"] == 4 and confs[-1]["meta_batch"] == 8 and confs[-1]["quiz_rows"] == 4

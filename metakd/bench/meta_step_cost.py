@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--meta-batch-size", type=int, help="also run LoRA with the first layers value and this meta_batch_size")
     p.add_argument("--quiz-batch-size", type=int, help="also run LoRA with the first layers value and quiz batches "
                                                      "of this many rows (the first ones of each quiz batch)")
+    p.add_argument("--only", help="comma-separated label substrings: run plain KD and only the configurations "
+                                   "whose label contains one of them (e.g. 'quiz batch')")
     p.add_argument("--backend", default="jvp", choices=("higher", "jvp", "finite_diff"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default=NAME)
@@ -96,6 +98,15 @@ def configurations(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.quiz_batch_size:
         out.append(dict(label=f"lora {top} reuse, quiz batch {args.quiz_batch_size}", mode="lora", layers=top,
                         pilot="reuse", quiz_rows=args.quiz_batch_size))
+    if args.quiz_batch_size and args.meta_batch_size:
+        for every in (1, EVERY):
+            out.append(dict(label=f"lora {top} restore, meta_batch_size={args.meta_batch_size}, quiz batch "
+                                  f"{args.quiz_batch_size}" + (f", meta_every={every}" if every > 1 else ""),
+                            mode="lora", layers=top, pilot="restore", meta_batch=args.meta_batch_size,
+                            quiz_rows=args.quiz_batch_size, every=every))
+    if args.only:
+        wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+        out = [c for c in out if c["mode"] == "none" or any(w in c["label"] for w in wanted)]
     return out
 
 
