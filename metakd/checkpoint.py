@@ -89,7 +89,8 @@ def _teacher_trained(teacher: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p for n, p in teacher.named_parameters() if p.requires_grad}
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -137,7 +138,7 @@ def save_checkpoint(directory: str | Path, distiller: Any, history: dict[str, li
         meta["scaler"] = {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in scaler.state_dict().items()}
     with atomic_directory(directory) as tmp:
         save_file(tensors, str(tmp / STATE_FILE), metadata={"format": FORMAT})
-        meta["sha256"] = _sha256(tmp / STATE_FILE)
+        meta["sha256"] = file_sha256(tmp / STATE_FILE)
         (tmp / META_FILE).write_text(json.dumps(meta, default=float))
     return Path(directory)
 
@@ -211,7 +212,7 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a metakd checkpoint of version {'/'.join(map(str, READABLE_VERSIONS))} "
                               f"(format {meta.get('format')!r}, version {meta.get('version')!r})")
     state = directory / STATE_FILE
-    if not state.is_file() or _sha256(state) != meta.get("sha256"):
+    if not state.is_file() or file_sha256(state) != meta.get("sha256"):
         raise CheckpointError(f"{state} is missing or corrupt (its checksum does not match {META_FILE}); "
                               f"delete {directory} to start over")
     return meta

@@ -15,7 +15,7 @@ from torch import nn
 
 from .atomic import atomic_directory
 from .rng import global_rng_tensors
-from .checkpoint import (STATE_FILE, CheckpointError, _load_optimizer, _optimizer_tensors, _sha256,
+from .checkpoint import (STATE_FILE, CheckpointError, _load_optimizer, _optimizer_tensors, file_sha256,
                          _unshare)
 
 FORMAT = "metakd.finetune-checkpoint"
@@ -37,7 +37,7 @@ def save_finetune_checkpoint(directory: str | Path, model: nn.Module, optimizer:
             "optimizer": opt_meta, "schedule": schedule_state, "losses": losses}
     with atomic_directory(directory) as tmp:
         save_file(_unshare(tensors), str(tmp / STATE_FILE), metadata={"format": FORMAT})
-        meta["sha256"] = _sha256(tmp / STATE_FILE)
+        meta["sha256"] = file_sha256(tmp / STATE_FILE)
         (tmp / META_FILE).write_text(json.dumps(meta, default=float))
     return Path(directory)
 
@@ -68,7 +68,7 @@ def load_finetune_checkpoint(directory: str | Path, model: nn.Module, optimizer:
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise CheckpointError(f"{path}: not a metakd fine-tuning checkpoint of version {VERSION}")
     state = directory / STATE_FILE
-    if not state.is_file() or _sha256(state) != meta.get("sha256"):
+    if not state.is_file() or file_sha256(state) != meta.get("sha256"):
         raise CheckpointError(f"{state} is missing or corrupt; delete {directory} to start over")
     tensors = load_file(str(state))
     weights = {k.partition(".")[2]: v for k, v in tensors.items() if k.startswith("model.")}

@@ -5,27 +5,19 @@ cached under ``$METAKD_CACHE/finetuned/KEY`` so any output directory reuses it, 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .atomic import atomic_directory
+from .checkpoint import file_sha256
 from .finetune import cache_dir, cache_key
 
 if TYPE_CHECKING:
     from .run import RunConfig
 
 RECORD = "metakd_finetune.json"
-
-
-def _file_sha(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def source_identity(source: str) -> dict[str, Any]:
@@ -45,7 +37,7 @@ def data_identity(data: str | dict) -> dict[str, Any]:
     for spec in specs:
         path = Path(spec)
         paths = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
-        files.update({str(p.resolve()): _file_sha(p) for p in paths})
+        files.update({str(p.resolve()): file_sha256(p) for p in paths})
     return {"spec": data, "files": files}
 
 

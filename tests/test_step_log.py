@@ -9,7 +9,6 @@ import math
 import sys
 
 import pytest
-import torch
 
 from metakd import ConfigError, DistillConfig, MetaDistiller
 from metakd.models import tiny_classifier

@@ -29,13 +29,13 @@ from typing import Any
 
 import torch
 
-from ..config import DistillConfig, check_teacher_layers
+from ..config import DistillConfig
 from ..distiller import MetaDistiller
 from ..models import find_layer_list, student_from_teacher, use_eager_attention
 from ..telemetry import PhaseTimer, fmt_bytes
 from ..trunk import first_rows
 from .meta_grad import PHASE_LABELS, PHASES, _teacher, make_batches
-from .report import markdown_table, print_report, settings_from_args, write_results
+from .report import markdown_table, parse_meta_cost_args, print_report, settings_from_args, write_results
 
 NAME = "meta_step_cost"
 FULL = dict(rounds=8, warmup=1, batch_size=32, seq_len=64)
@@ -66,16 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                            minimum={"warmup": 0})
     if s["rounds"] % EVERY:
         p.error(f"--rounds must be a multiple of {EVERY} (whole meta_every={EVERY} cycles), got {s['rounds']}")
-    args.layers_list = [x.strip() for x in args.teacher_layers.split(",") if x.strip()]
-    for value in args.layers_list:
-        try:
-            check_teacher_layers(value)
-        except ValueError as exc:
-            p.error(f"--teacher-layers: {exc}")
-    if not args.layers_list or len(set(args.layers_list)) != len(args.layers_list):
-        p.error(f"--teacher-layers must list distinct values, got {args.teacher_layers!r}")
-    if args.meta_batch_size is not None and not 1 <= args.meta_batch_size <= s["batch_size"]:
-        p.error(f"--meta-batch-size must be between 1 and the batch size {s['batch_size']}")
+    parse_meta_cost_args(p, args, s["batch_size"])
     if args.quiz_batch_size is not None and not 1 <= args.quiz_batch_size <= s["batch_size"]:
         p.error(f"--quiz-batch-size must be between 1 and the batch size {s['batch_size']}")
     args.settings = s

@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import data as data_mod
-from ..config import DistillConfig, check_teacher_layers
+from ..config import DistillConfig
 from ..distiller import MetaDistiller
 from ..finetune import cache_key, cached_model, evaluate_model, finetune_classifier
 from ..models import embedded_teacher_path, load_classifier, student_from_teacher, use_eager_attention
@@ -42,7 +42,7 @@ from ..telemetry import EnergyMeter, PhaseTimer, measure
 from .lockstep import Turns, run_lockstep
 from .meta_update_report import (build_table, figure_sources, learning_notes, measured_flags, per_seed_table,
                                  phase_stats, phase_table, plot, ratio_table, savings, summarize, timing_ratios)
-from .report import print_report, serve_worker, write_results
+from .report import parse_meta_cost_args, print_report, serve_worker, write_results
 
 NAME = "meta_update"
 MODES = ("none", "lora", "full")
@@ -115,18 +115,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     bad = [m for m in args.mode_list if m not in MODES]
     if bad or not args.mode_list:
         p.error(f"--modes takes a subset of {','.join(MODES)}; got {args.modes!r}")
-    args.layers_list = [x.strip() for x in args.teacher_layers.split(",") if x.strip()]
-    for value in args.layers_list:
-        if not (value == "all" or value.startswith("top:")):
-            p.error(f"--teacher-layers takes 'all' and 'top:k' values, got {value!r}")
-        try:
-            check_teacher_layers(value)
-        except ValueError as exc:
-            p.error(f"--teacher-layers: {exc}")
-    if not args.layers_list or len(set(args.layers_list)) != len(args.layers_list):
-        p.error(f"--teacher-layers must list distinct values, got {args.teacher_layers!r}")
-    if args.meta_batch_size is not None and not 1 <= args.meta_batch_size <= settings["batch_size"]:
-        p.error(f"--meta-batch-size must be between 1 and the batch size {settings['batch_size']}")
+    parse_meta_cost_args(p, args, settings["batch_size"])
     return args
 
 

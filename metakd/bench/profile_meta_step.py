@@ -17,7 +17,6 @@ import argparse
 import sys
 from collections import defaultdict
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Iterator
 
 import torch

@@ -51,6 +51,26 @@ def settings_from_args(parser, args, defaults: dict[str, Any], keys: Sequence[st
     return settings
 
 
+def parse_meta_cost_args(parser, args, batch_size: int, forbidden: str | None = None) -> None:
+    """Validate ``--teacher-layers`` (comma-separated ``all``/``top:k``, distinct; into
+    ``args.layers_list``) and ``--meta-batch-size`` (1..``batch_size``) with ``parser.error``;
+    ``forbidden``: a character no value may contain."""
+    from ..config import check_teacher_layers
+
+    args.layers_list = [x.strip() for x in args.teacher_layers.split(",") if x.strip()]
+    for value in args.layers_list:
+        if (forbidden and forbidden in value) or not (value == "all" or value.startswith("top:")):
+            parser.error(f"--teacher-layers takes 'all' and 'top:k' values, got {value!r}")
+        try:
+            check_teacher_layers(value)
+        except ValueError as exc:
+            parser.error(f"--teacher-layers: {exc}")
+    if not args.layers_list or len(set(args.layers_list)) != len(args.layers_list):
+        parser.error(f"--teacher-layers must list distinct values, got {args.teacher_layers!r}")
+    if args.meta_batch_size is not None and not 1 <= args.meta_batch_size <= batch_size:
+        parser.error(f"--meta-batch-size must be between 1 and the batch size {batch_size}")
+
+
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -33,8 +33,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..config import check_teacher_layers
-from .report import (fmt_bytes, markdown_table, print_report, run_worker, serve_worker, settings_from_args,
+from .report import (fmt_bytes, markdown_table, parse_meta_cost_args, print_report, run_worker, serve_worker, settings_from_args,
                      write_results)
 
 NAME = "scaling"
@@ -121,18 +120,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--modes takes a subset of {','.join(MODES)}; got {args.modes!r}")
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be >= 1")
-    args.layers_list = [x.strip() for x in args.teacher_layers.split(",") if x.strip()]
-    for value in args.layers_list:
-        if LAYERS_SEP in value or not (value == "all" or value.startswith("top:")):
-            p.error(f"--teacher-layers takes 'all' and 'top:k' values, got {value!r}")
-        try:
-            check_teacher_layers(value)
-        except ValueError as exc:
-            p.error(f"--teacher-layers: {exc}")
-    if not args.layers_list or len(set(args.layers_list)) != len(args.layers_list):
-        p.error(f"--teacher-layers must list distinct values, got {args.teacher_layers!r}")
-    if args.meta_batch_size is not None and not 1 <= args.meta_batch_size <= s["batch_size"]:
-        p.error(f"--meta-batch-size must be between 1 and the batch size {s['batch_size']}")
+    parse_meta_cost_args(p, args, s["batch_size"], forbidden=LAYERS_SEP)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda but torch sees no CUDA device")
     if args.render and not Path(args.render).is_file():
