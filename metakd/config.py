@@ -151,7 +151,7 @@ class DistillConfig:
     quiz_fraction: float = 0.1
     """Share of the training data carved out (deterministically, by seed) as the quiz split."""
     validation_fraction: float = 0.0
-    """Share of the training data carved out (by seed, after the quiz split) as a validation split,
+    """Share of the training data left after the quiz split carved out (by seed) as a validation split,
     unique by text and disjoint from the quiz split and the evaluation data
     (``metakd.data.split_validation``); it is scored at every evaluation and ``fit`` reports the
     best-validation step (``history["best"]``). 0 disables it."""

@@ -271,9 +271,10 @@ def export_teacher(run, distilled: Path, target: Path) -> None:
         return
     from peft import PeftModel
 
+    from ..models import model_config
     from ..run import load_teacher
 
-    base, tokenizer = load_teacher(run, None)
+    base, tokenizer = load_teacher(run, model_config(run.teacher, "teacher").num_labels)
     merged = PeftModel.from_pretrained(base, str(distilled / "teacher_adapters")).merge_and_unload()
     merged.save_pretrained(str(target), safe_serialization=True)
     tokenizer.save_pretrained(str(target))
