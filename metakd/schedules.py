@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from typing import Any
 
 import torch
@@ -49,11 +51,15 @@ def attach_schedulers(distiller: Any, total_steps: int) -> None:
 
 
 def step_schedulers(distiller: Any) -> None:
-    """Advance both schedules by one training step (after the optimizers stepped)."""
+    """Advance both schedules by one training step (after the optimizers stepped). A step the
+    numerical guards or the fp16 scaler skipped (no ``optimizer.step()``) still counts: the
+    schedule follows training steps, so torch's warning about that order is silenced."""
     for name in ("student_scheduler", "teacher_scheduler"):
         scheduler = getattr(distiller, name, None)
         if scheduler is not None:
-            scheduler.step()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+                scheduler.step()
 
 
 def scheduler_state(distiller: Any) -> dict[str, Any] | None:
