@@ -60,6 +60,7 @@ def _bench(*argv: str, timeout: int = 120) -> subprocess.CompletedProcess:
     (["--modes", "lora,full"], "--modes must include none"),
     (["--control-modes", "lora", "--modes", "none,full"], "--control-modes lora must be among --modes"),
     (["--quick", "--set", "distill.validation_fraction=0"], "validation_fraction > 0"),
+    (["--modes", "none,full", "--controls", "none", "--lora-teacher-layers", "all,top:2"], "--modes must include lora"),
 ])
 def test_bad_flags_fail_fast_with_one_line(argv, flag):
     proc = _bench(*argv)
@@ -71,12 +72,19 @@ def test_bad_flags_fail_fast_with_one_line(argv, flag):
 def test_quick_end_to_end(tmp_path):
     out = tmp_path / "results"
     proc = _bench("--quick", "--jobs", "2", "--threads", "1", "--no-progress", "--control-modes", "lora,full",
-                  "--out", str(out), timeout=900)
+                  "--lora-teacher-layers", "all,top:1", "--name", "q", "--out", str(out), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    payload = json.loads((out / "quality.json").read_text())
-    assert (out / "quality.png").stat().st_size > 1000 and "Grid" in (out / "quality.md").read_text()
+    payload = json.loads((out / "q.json").read_text())
+    assert (out / "q.png").stat().st_size > 1000 and "Grid" in (out / "q.md").read_text()
     arms = {e["arm"]: e for e in payload["summary"]}
-    assert set(arms) == {"none", "lora", "full", "frozen:lora", "temperature:lora", "frozen:full", "temperature:full"}
+    assert set(arms) == {"none", "lora", "full", "frozen:lora", "temperature:lora", "frozen:full", "temperature:full",
+                         "layers:top:1"}
+    # LoRA in the top block only: the LoRA values the grid chose, paired with LoRA on every block too
+    top = [r for r in payload["results"] if r["kind"] == "layers"]
+    assert len(top) == 2 and all(r["values"]["teacher_lr"] == payload["chosen"]["lora"]["teacher_lr"] for r in top)
+    assert all(r["values"]["teacher_layers"] == "top:1" for r in top)
+    assert "delta_lora_best" in arms["layers:top:1"] and "delta_lora_best" not in arms["lora"]
+    assert "against LoRA meta-KD on every block" in (out / "q.md").read_text()
     for arm, e in arms.items():
         assert e["seeds"] == payload["seeds"] == [0, 1]
         assert (arm == "none") == ("delta_best" not in e)

@@ -5,6 +5,7 @@ validation split and the controls that explain the answer.
     metakd bench quality [--quick] [--seeds 0,1,2,3,4] [--jobs 2] [--threads 1] [--modes none,lora,full]
                          [--lora-teacher-lrs ...] [--full-teacher-lrs ...] [--pilot-lrs ...] [--lora-ranks ...]
                          [--grid-seed 0] [--controls frozen,temperature] [--control-modes full]
+                         [--lora-teacher-layers all,top:2] [--name quality]
                          [--config RUN.yaml] [--set key=value] [--steps N] [--eval-every N]
 
 1. Grid (one seed, ``--grid-seed``): every meta mode with each combination of its teacher_lr
@@ -14,6 +15,9 @@ validation split and the controls that explain the answer.
 2. Main: every mode x seed. Same seed = same student init, same batches, same quiz and validation
    split. Every run scores the student on the evaluation and validation data every ``eval_every``
    steps and the teacher (``track_teacher``: accuracy, soft-label entropy, KL(initial || current)).
+   ``--lora-teacher-layers all,top:2`` adds, per seed, a LoRA arm whose adapters go only into the
+   named teacher blocks (``teacher_layers``), with the LoRA values the grid chose; it is compared
+   with plain KD and, paired by seed, with LoRA on every block.
 3. Controls, per seed, for each of ``--control-modes``: ``frozen``: plain KD from the *final*
    meta-updated teacher of that seed, frozen; ``temperature``: plain KD from the initial teacher
    at the temperature whose soft labels have the final meta-updated teacher's mean entropy (on
@@ -48,7 +52,8 @@ from .stats import paired_difference
 NAME = "quality"
 MODES = ("none", "lora", "full")
 LABELS = {"none": "plain KD", "lora": "LoRA meta-KD", "full": "full meta-KD",
-          "frozen": "plain KD, final {m} teacher frozen", "temperature": "plain KD, T matched to {m} entropy"}
+          "frozen": "plain KD, final {m} teacher frozen", "temperature": "plain KD, T matched to {m} entropy",
+          "layers": "LoRA meta-KD, teacher_layers={m}"}
 COLORS = {"none": "#888888", "lora": "#2a9d8f", "full": "#e76f51"}
 CONTROLS = ("frozen", "temperature")
 
@@ -106,6 +111,13 @@ def _choices(allowed: Sequence[str], empty_ok: bool = False):
     return parse
 
 
+def _layers(text: str) -> list[str]:
+    items = [x.strip() for x in text.split(",") if x.strip()] if "[" not in text else [text.strip()]
+    if not items or len(set(items)) != len(items):
+        raise argparse.ArgumentTypeError(f"takes distinct teacher_layers values, e.g. all,top:2; got {text!r}")
+    return items
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="metakd bench quality", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -121,6 +133,10 @@ def parser() -> argparse.ArgumentParser:
                    help="controls to run: frozen,temperature or none (default: both)")
     p.add_argument("--control-modes", type=_choices(("lora", "full")), default=["full"],
                    help="meta modes whose final teachers the controls use (default: full)")
+    p.add_argument("--lora-teacher-layers", type=_layers, default=["all"],
+                   help="teacher_layers of the LoRA arms, e.g. all,top:2 (default: all); values other than all add "
+                        "an arm each, with the LoRA values the grid chose")
+    p.add_argument("--name", default=NAME, help="stem of the result files (default: %(default)s)")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time, each a process (default: %(default)s)")
     p.add_argument("--eval-every", type=int, help="steps between evaluations (default: the base run's)")
     p.add_argument("--keep-runs", metavar="DIR",
@@ -149,6 +165,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
             setattr(args, key, value)
     if args.controls and not set(args.control_modes) <= set(args.modes):
         p.error(f"--control-modes {','.join(args.control_modes)} must be among --modes {','.join(args.modes)}")
+    if args.lora_teacher_layers != ["all"] and "lora" not in args.modes:
+        p.error("--lora-teacher-layers adds LoRA arms: --modes must include lora")
     if args.controls and "none" not in args.modes:
         p.error("the controls are compared with plain KD: --modes must include none")
     return args
@@ -318,8 +336,8 @@ def arm_key(r: dict[str, Any]) -> str:
 
 def arm_label(key: str) -> str:
     if ":" in key:
-        kind, mode = key.split(":")
-        return LABELS[kind].format(m=LABELS[mode].split()[0])
+        kind, of = key.split(":", 1)
+        return LABELS[kind].format(m=of if kind == "layers" else LABELS[of].split()[0])
     return LABELS[key]
 
 
@@ -338,6 +356,10 @@ def summarize(results: Sequence[dict[str, Any]], seeds: Sequence[int]) -> list[d
             if arm != "none" and len(paired) == len(runs):
                 entry[f"delta_{at}"] = paired_difference([score(by[("none", s)], at) for s in paired],
                                                          [score(by[(arm, s)], at) for s in paired])
+            with_lora = [s for s in entry["seeds"] if ("lora", s) in by]
+            if arm.startswith("layers:") and len(with_lora) == len(runs):  # against LoRA on every block
+                entry[f"delta_lora_{at}"] = paired_difference([score(by[("lora", s)], at) for s in with_lora],
+                                                              [score(by[(arm, s)], at) for s in with_lora])
         entry["best_step"] = sweep.mean_std([float(r["best_validation"]["step"]) for r in runs])
         entry["steps"] = runs[0]["steps"]
         for when in ("teacher_before", "teacher_after"):
@@ -459,6 +481,12 @@ def verdict(summary: Sequence[dict[str, Any]]) -> list[str]:
             notes.append(f"{e['label']}: no detectable difference from plain KD at the best-validation step "
                          f"({100 * d['mean']:+.2f} points, 95% CI {100 * d['ci_low']:+.2f} to {100 * d['ci_high']:+.2f}, "
                          f"{d['n']} seeds; the smallest difference this design detects at 80% power: {smallest} points)")
+        d = e.get("delta_lora_best")
+        if d and d["ci_low"] is not None:
+            smallest = f"{100 * d['detectable']:.2f}" if d["detectable"] is not None else "n/a"
+            notes.append(f"{e['label']} against LoRA meta-KD on every block (paired by seed): "
+                         f"{100 * d['mean']:+.2f} points at the best-validation step (95% CI {100 * d['ci_low']:+.2f} "
+                         f"to {100 * d['ci_high']:+.2f}, {d['n']} seeds; detectable at 80% power: {smallest} points)")
     return notes
 
 
@@ -473,6 +501,8 @@ def study(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     for v in grid_variants(args):  # a bad grid value fails here, before any work
         sweep.with_overrides(run, {f"distill.{k}": x for k, x in v["values"].items()})
+    for layers in args.lora_teacher_layers:  # a teacher_layers value the teacher has no blocks for: here too
+        sweep.with_overrides(run, {"distill.meta_update": "lora", "distill.teacher_layers": layers})
     splits = sweep.check_data(run)
     print(f"data: {run.data}: {len(splits['train'])} train, {len(splits['eval'])} eval examples", file=sys.stderr)
     teacher = sweep.prepare_teacher(run, fine_tune=not args.no_finetune, progress=not args.no_progress)
@@ -517,6 +547,12 @@ def _study(args, run, teacher, work: Path, timing: dict[str, float]) -> int:
                 continue
             specs.append(_spec(args, run, tdir, LABELS[mode], "main", mode, seed, chosen_values.get(mode, {}),
                                keep=keep(mode, seed, "main")))
+    for seed in args.seed_list:  # LoRA in fewer teacher blocks, with the LoRA values the grid chose
+        for layers in [x for x in args.lora_teacher_layers if x != "all"]:
+            spec = _spec(args, run, tdir, arm_label(f"layers:{layers}"), "layers", "lora", seed,
+                         dict(chosen_values.get("lora", {}), teacher_layers=layers))
+            spec["values"] = dict(spec["values"], of=layers)
+            specs.append(spec)
     main = run_all(specs, args.jobs, "main", args.keep_runs)
     for mode, r in chosen.items():
         main.append(dict(r, kind="main", label=LABELS[mode]))
@@ -574,8 +610,8 @@ def _study(args, run, teacher, work: Path, timing: dict[str, float]) -> int:
                                     for k in ("accuracy", "teacher_entropy", "teacher_kl_from_initial")}
                                 for c in ("eval_curve", "validation_curve")}
                           for arm in dict.fromkeys(arm_key(r) for r in results)}}
-    paths = write_results(args.out, NAME, payload, body, notes)
-    png = Path(args.out) / f"{NAME}.png"
+    paths = write_results(args.out, args.name, payload, body, notes)
+    png = Path(args.out) / f"{args.name}.png"
     plot(results, png)
     print_report(payload, body, notes, [paths["json"], paths["md"], png])
     return 0
