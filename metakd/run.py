@@ -584,14 +584,20 @@ def _train_time(m, d) -> dict[str, Any]:
     return out
 
 
-def _distill_plan(cfg: DistillConfig, train) -> str:
-    """Which limit ends the distillation (``distill.epochs`` or ``distill.max_steps``), in words."""
+def _distill_plan(cfg: DistillConfig, train, eval_data=None) -> str:
+    """Which limit ends the distillation (``distill.epochs`` or ``distill.max_steps``), in words,
+    counting the rows ``fit`` trains on: what the quiz and validation splits leave."""
     from .finetune import step_plan
 
-    student_part, _ = data_mod.split_quiz(train, cfg.quiz_fraction, cfg.seed)
+    student_part, quiz = data_mod.split_quiz(train, cfg.quiz_fraction, cfg.seed)
+    held = f"the {cfg.quiz_fraction:g} quiz split"
+    if cfg.validation_fraction > 0:  # carved as fit carves it
+        student_part, _ = data_mod.split_validation(student_part, cfg.validation_fraction, cfg.seed,
+                                                    [d for d in (quiz, eval_data) if d is not None])
+        held = f"the {cfg.quiz_fraction:g} quiz and {cfg.validation_fraction:g} validation splits"
     _, plan = step_plan(len(student_part), cfg.batch_size, cfg.epochs, cfg.max_steps)
     plan = plan.replace("max_steps", "distill.max_steps").replace("raise epochs", "raise distill.epochs")
-    return plan.replace(" batch(es)", f" batch(es) (after the {cfg.quiz_fraction:g} quiz split)", 1)
+    return plan.replace(" batch(es)", f" batch(es) (after {held})", 1)
 
 
 def _collapse_warning(run: RunConfig, scores: dict[str, float], eval_data, role: str = "teacher") -> str | None:
@@ -677,7 +683,7 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False, *, resu
     encoded = encode_splits(run, splits, tokenizer, student_tokenizer)
     _log(f"{len(encoded['train'])} training and {len(encoded['eval'])} evaluation "
          f"{'blocks' if run.task == 'causal_lm' else 'examples'}; meta_update={cfg.meta_update}; "
-         + _distill_plan(cfg, encoded["train"]))
+         + _distill_plan(cfg, encoded["train"], encoded["eval"]))
     d = MetaDistiller(teacher, student, cfg, dist=dist, keep_teacher_adapters=True)  # a run file names its teacher
     teacher_before = d.evaluate(encoded["eval"], model="teacher")
     teacher_warning = _collapse_warning(run, teacher_before, encoded["eval"])

@@ -22,3 +22,17 @@ def test_collapse_warning_within_a_point_of_the_majority_rate():
     warning = collapse_warning({"accuracy": 0.605, "recall": 0.5}, labels)
     assert warning is not None and "majority-class rate 0.600" in warning and "finetune.lr" in warning
     assert collapse_warning({"accuracy": 0.62, "recall": 0.55}, labels) is None
+
+
+def test_distill_plan_counts_the_batches_fit_trains_on():
+    # 100 distinct examples: the quiz split takes 10, validation 0.2 of the other 90 = 18, leaving 72 = 8 batches of 10
+    import torch
+
+    from metakd.config import DistillConfig
+    from metakd.run import _distill_plan
+
+    data = [{"input_ids": torch.tensor([i, i + 1]), "labels": torch.tensor(i % 2)} for i in range(100)]
+    plan = _distill_plan(DistillConfig(batch_size=10, epochs=2, quiz_fraction=0.1, validation_fraction=0.2), data, [])
+    assert plan.startswith("16 steps: 2 epoch(s) of 8 batch(es) (after the 0.1 quiz and 0.2 validation splits)"), plan
+    plan = _distill_plan(DistillConfig(batch_size=10, epochs=2, quiz_fraction=0.1), data)
+    assert plan.startswith("18 steps: 2 epoch(s) of 9 batch(es) (after the 0.1 quiz split)"), plan
