@@ -155,6 +155,10 @@ class DistillConfig:
     unique by text and disjoint from the quiz split and the evaluation data
     (``metakd.data.split_validation``); it is scored at every evaluation and ``fit`` reports the
     best-validation step (``history["best"]``). 0 disables it."""
+    eval_subset: int | None = None
+    """Evaluations before the last score only the first N evaluation examples (a fixed subset:
+    cheaper learning curves); the last evaluation scores them all. Each point records how many it
+    scored (``eval_examples``). None scores every example every time."""
     track_teacher: int | None = None
     """Classification: at every evaluation also score the teacher on the first N evaluation
     examples: accuracy, mean entropy of its soft labels at ``temperature`` and KL(initial teacher
@@ -240,6 +244,8 @@ class DistillConfig:
         if _is_number(self.quiz_fraction) and self.quiz_fraction + self.validation_fraction >= 1.0:
             raise ConfigError(f"quiz_fraction + validation_fraction must be below 1 (training data must remain), got "
                               f"{self.quiz_fraction} + {self.validation_fraction}")
+        if self.eval_subset is not None:
+            _positive_int("eval_subset", self.eval_subset)
         if self.track_teacher is not None:
             _positive_int("track_teacher", self.track_teacher)
             if self.task != "classification":

@@ -207,16 +207,22 @@ class TrainingLoopMixin:
         for key in ("eval", "validation"):  # a resumed run re-evaluates the end
             if key in history:
                 history[key] = [e for e in history[key] if e["step"] != done]
-        self._evaluate_point(done, history, eval_data, validation_data, tracker)
+        self._evaluate_point(done, history, eval_data, validation_data, tracker, final=True)
         if validation_data is not None:
             history["best"] = best_validation(history, cfg.task)
         return history
 
     def _evaluate_point(self, step: int, history: dict[str, Any], eval_data: Any, validation_data: Any,
-                        tracker: Any) -> None:
-        """Score the student on the evaluation and validation data (and the teacher, with a tracker) at ``step``."""
+                        tracker: Any, final: bool = False) -> None:
+        """Score the student on the evaluation and validation data (and the teacher, with a tracker) at
+        ``step``; before the ``final`` point, only the first ``eval_subset`` evaluation examples."""
         if eval_data is not None:
+            n = self.config.eval_subset
+            if not final and n is not None and not isinstance(eval_data, DataLoader) and n < len(eval_data):
+                eval_data = [eval_data[i] for i in range(n)]
             point = {"step": step, **self.evaluate(eval_data)}
+            if not isinstance(eval_data, DataLoader):
+                point["eval_examples"] = len(eval_data)
             if tracker is not None:
                 point.update(tracker.stats())
             history["eval"].append(point)

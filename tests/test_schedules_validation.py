@@ -130,6 +130,22 @@ def test_fit_reports_validation_and_best_step():
     assert best_validation(lm, "causal_lm")["step"] == 2  # lowest loss, earliest on ties
 
 
+def test_eval_subset_scores_a_fixed_subset_until_the_last_point():
+    eval_data = [{k: v[i] for k, v in make_batch(99, batch=6, length=9).items()} for i in range(6)]
+    d = _distiller("none", 6, eval_every=2, eval_subset=2)
+    history = d.fit(EXAMPLES, eval_data=eval_data)
+    assert [(p["step"], p["eval_examples"]) for p in history["eval"]] == [(2, 2), (4, 2), (6, 6)]
+    assert history["eval"][-1]["accuracy"] == d.evaluate(eval_data)["accuracy"]  # the last point: every example
+    # a subset point scores the first two examples: the same first step, stopped there, scores them alike
+    one = _distiller("none", 1)
+    one.fit(EXAMPLES)
+    assert history["eval"][0]["loss"] != history["eval"][-1]["loss"]
+    two = _distiller("none", 2, eval_every=1, eval_subset=2).fit(EXAMPLES, eval_data=eval_data)["eval"]
+    assert two[0]["eval_examples"] == 2 and two[0]["loss"] == pytest.approx(one.evaluate(eval_data[:2])["loss"])
+    with pytest.raises(ConfigError, match="eval_subset"):
+        DistillConfig(eval_subset=0)
+
+
 def test_teacher_label_stats_and_tracking():
     zeros = torch.zeros(4, 2)
     stats = label_stats(zeros, torch.tensor([0, 1, 0, 1]), zeros, temperature=2.0)
