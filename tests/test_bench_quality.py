@@ -97,3 +97,14 @@ def test_quick_end_to_end(tmp_path):
         # the frozen control distils from exactly the final meta-updated teacher (LoRA: adapters merged in)
         before = frozen[(r["mode"], r["seed"])]["teacher_before"]["accuracy"]
         assert before == pytest.approx(r["teacher_after"]["accuracy"])
+
+
+def test_stored_runs_keep_their_key_when_a_setting_is_added_at_its_default(tmp_path):
+    args = quality.parse(["--quick", "--keep-runs", str(tmp_path)])
+    run = quality.base_run(args)
+    spec = quality._spec(args, run, "teacher-dir", "plain KD", "main", "none", 0, {})
+    older = json.loads(json.dumps(spec))
+    del older["run"]["distill"]["eval_subset"]  # as written before the setting existed
+    assert quality._stored(str(tmp_path), spec) == quality._stored(str(tmp_path), older)
+    changed = quality._spec(args, run, "teacher-dir", "plain KD", "main", "none", 0, {"eval_subset": 10})
+    assert quality._stored(str(tmp_path), changed) != quality._stored(str(tmp_path), spec)

@@ -228,8 +228,25 @@ def _stored(keep_runs: str | None, spec: dict[str, Any]) -> Path | None:
         return None
     import hashlib
 
+    from ..run import RunConfig
+
     key = {k: v for k, v in spec.items() if k not in ("progress", "label")}
+    key["run"] = _minus_defaults(key["run"], RunConfig().to_dict())  # a setting added later keeps old keys valid
     return Path(keep_runs) / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]}.json"
+
+
+def _minus_defaults(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``values`` without the entries equal to ``defaults``' (recursively into nested dicts)."""
+    out = {}
+    for k, v in values.items():
+        d = defaults.get(k, object())
+        if isinstance(v, dict) and isinstance(d, dict):
+            v = _minus_defaults(v, d)
+            if v:
+                out[k] = v
+        elif v != d:
+            out[k] = v
+    return out
 
 
 def run_all(specs: list[dict[str, Any]], jobs: int, what: str, keep_runs: str | None = None) -> list[dict[str, Any]]:
