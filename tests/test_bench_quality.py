@@ -108,3 +108,10 @@ def test_stored_runs_keep_their_key_when_a_setting_is_added_at_its_default(tmp_p
     assert quality._stored(str(tmp_path), spec) == quality._stored(str(tmp_path), older)
     changed = quality._spec(args, run, "teacher-dir", "plain KD", "main", "none", 0, {"eval_subset": 10})
     assert quality._stored(str(tmp_path), changed) != quality._stored(str(tmp_path), spec)
+
+
+def test_controls_take_the_main_meta_run_not_a_teacher_layers_arm():
+    # at the grid seed the chosen grid run is appended after the teacher_layers arms of the same mode
+    main = [{"kind": "main", "mode": "none", "seed": 0}, {"kind": "layers", "mode": "lora", "seed": 0, "kept_teacher": None},
+            {"kind": "main", "mode": "lora", "seed": 0, "kept_teacher": "t0"}]
+    assert quality.meta_run(main, "lora", 0)["kept_teacher"] == "t0"

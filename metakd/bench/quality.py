@@ -299,6 +299,12 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         "kept_teacher": spec.get("keep_teacher"), "wall_seconds": time.perf_counter() - start}
 
 
+def meta_run(main: Sequence[dict[str, Any]], mode: str, seed: int) -> dict[str, Any]:
+    """The main run of meta ``mode`` at ``seed`` (not a ``--lora-teacher-layers`` arm of that mode),
+    whose final teacher the controls use."""
+    return next(r for r in main if r["kind"] == "main" and r["mode"] == mode and r["seed"] == seed)
+
+
 def export_teacher(run, distilled: Path, target: Path) -> None:
     """Save the final meta-updated teacher as a plain model directory (LoRA merged in)."""
     if run.distill.meta_update == "full":
@@ -580,7 +586,7 @@ def _study(args, run, teacher, work: Path, timing: dict[str, float]) -> int:
     control_specs = []
     for seed in args.seed_list:
         for mode in args.control_modes if args.controls else []:
-            meta = next(r for r in main if r["mode"] == mode and r["seed"] == seed)
+            meta = meta_run(main, mode, seed)
             if "frozen" in args.controls:
                 control_specs.append(_spec(args, run, meta["kept_teacher"], arm_label(f"frozen:{mode}"), "frozen",
                                            "none", seed, {}))
