@@ -524,7 +524,7 @@ def study(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     for v in grid_variants(args):  # a bad grid value fails here, before any work
         sweep.with_overrides(run, {f"distill.{k}": x for k, x in v["values"].items()})
-    for layers in args.lora_teacher_layers:  # a teacher_layers value the teacher has no blocks for: here too
+    for layers in args.lora_teacher_layers:  # a malformed teacher_layers value fails here too (block counts: at the run)
         sweep.with_overrides(run, {"distill.meta_update": "lora", "distill.teacher_layers": layers})
     splits = sweep.check_data(run)
     print(f"data: {run.data}: {len(splits['train'])} train, {len(splits['eval'])} eval examples", file=sys.stderr)
