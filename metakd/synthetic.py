@@ -204,21 +204,40 @@ def generate_sentiment(n: int, seed: int = 0) -> list[tuple[str, int]]:
 def _draw_unique(rng: random.Random, n: int, seen: set[str]) -> list[tuple[str, int]]:
     out = []
     for label in _balanced_labels(rng, n):
-        for _ in range(1000):
-            text, y = _example(rng, label)
-            if text not in seen:
-                seen.add(text)
-                out.append((text, y))
-                break
-        else:  # practically unreachable: the sentence space is in the millions
-            raise RuntimeError(f"could not draw {n} distinct sentences")
+        out.extend(_draw_unique_label(rng, label, seen))
     return out
 
 
+EVAL_STREAM_SEED = 1_000_003  # the held-out stream: the same evaluation sentences for every seed
+EVAL_POOL = 2000  # held-out sentences no training split of any seed draws
+
+
+def _held_out(n: int) -> list[tuple[str, int]]:
+    """The first ``n`` sentences of the fixed held-out stream; labels alternate, so every prefix is
+    balanced and a smaller evaluation set is a prefix of a larger one."""
+    rng, seen, out = random.Random(EVAL_STREAM_SEED), set(), []
+    for i in range(n):
+        out.extend(_draw_unique_label(rng, i % 2, seen))
+    return out
+
+
+def _draw_unique_label(rng: random.Random, label: int, seen: set[str]) -> list[tuple[str, int]]:
+    for _ in range(1000):
+        text, y = _example(rng, label)
+        if text not in seen:
+            seen.add(text)
+            return [(text, y)]
+    raise RuntimeError("could not draw a distinct sentence")  # the sentence space is in the millions
+
+
 def sentiment_splits(n_train: int = 4000, n_eval: int = 1000, seed: int = 0) -> dict[str, list[tuple[str, int]]]:
-    """{'train': ..., 'eval': ...}; no sentence appears in both splits (dedupe), deterministic."""
+    """{'train': ..., 'eval': ...}, deterministic. ``eval`` is held out like a dev file: the first
+    ``n_eval`` sentences of a fixed stream, the same for every seed and every ``n_train``. ``train``
+    is drawn by ``seed`` and never contains a sentence of the held-out pool (its first
+    ``max(n_eval, EVAL_POOL)`` sentences), so no training split of any seed or size, a teacher's
+    fine-tuning data included, overlaps any evaluation split of up to that size."""
     _check_count("n_train", n_train)
     _check_count("n_eval", n_eval)
-    rng, seen = random.Random(seed), set()
-    train = _draw_unique(rng, n_train, seen)
-    return {"train": train, "eval": _draw_unique(rng, n_eval, seen)}
+    pool = _held_out(max(n_eval, EVAL_POOL))
+    seen = {text for text, _ in pool}
+    return {"train": _draw_unique(random.Random(seed), n_train, seen), "eval": pool[:n_eval]}

@@ -31,8 +31,9 @@ def test_paired_difference_interval_and_detectable_difference():
         paired_difference([1.0, 2.0], [1.0])
 
 
-def _grid_run(mode: str, acc: float, lr: float) -> dict:
-    return {"mode": mode, "values": {"teacher_lr": lr}, "best_validation": {"validation": {"accuracy": acc}}}
+def _grid_run(mode: str, acc: float, lr: float, loss: float | None = None) -> dict:
+    val = {"accuracy": acc} if loss is None else {"accuracy": acc, "loss": loss}
+    return {"mode": mode, "values": {"teacher_lr": lr}, "best_validation": {"validation": val}}
 
 
 def test_choose_takes_the_best_validation_accuracy_first_on_ties():
@@ -40,6 +41,12 @@ def test_choose_takes_the_best_validation_accuracy_first_on_ties():
             _grid_run("full", 0.9, 4.0)]
     assert quality.choose(grid, "lora")["values"]["teacher_lr"] == 2.0
     assert quality.choose(grid, "full")["values"]["teacher_lr"] == 4.0
+
+
+def test_choose_breaks_an_accuracy_tie_by_the_lower_validation_loss():
+    grid = [_grid_run("lora", 0.8, 1.0, loss=0.50), _grid_run("lora", 0.8, 2.0, loss=0.40),
+            _grid_run("lora", 0.7, 3.0, loss=0.10)]
+    assert quality.choose(grid, "lora")["values"]["teacher_lr"] == 2.0
 
 
 def test_grid_variants_cover_the_product():

@@ -38,9 +38,22 @@ def test_deterministic_for_a_seed():
     assert sentiment_splits(200, 50, seed=2) == sentiment_splits(200, 50, seed=2)
 
 
-def test_different_seeds_differ():
+def test_different_seeds_differ_in_training_data_only():
     assert generate_sentiment(100, seed=0) != generate_sentiment(100, seed=1)
-    assert sentiment_splits(100, 20, seed=0)["eval"] != sentiment_splits(100, 20, seed=1)["eval"]
+    first, second = sentiment_splits(100, 20, seed=0), sentiment_splits(100, 20, seed=1)
+    assert first["train"] != second["train"]
+    assert first["eval"] == second["eval"]  # held out like a dev file
+
+
+def test_no_training_split_of_any_seed_or_size_sees_an_evaluation_sentence():
+    # a teacher fine-tuned on 4,000 sentences must not have seen the evaluation sentences of a
+    # smaller run at any seed (the old splits drew eval after train: 429 of 1,000 leaked at seed 0)
+    held_out = {t for t, _ in sentiment_splits(1000, 2000, seed=0)["eval"]}
+    for seed in (0, 1, 3):
+        for n_train in (1000, 4000):
+            train = {t for t, _ in sentiment_splits(n_train, 500, seed=seed)["train"]}
+            assert not train & held_out, (seed, n_train)
+    assert sentiment_splits(10, 300, seed=5)["eval"] == sentiment_splits(4000, 1000, seed=0)["eval"][:300]
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 1001])

@@ -322,10 +322,15 @@ def export_teacher(run, distilled: Path, target: Path) -> None:
 
 
 def choose(grid: Sequence[dict[str, Any]], mode: str) -> dict[str, Any]:
-    """The grid result of ``mode`` with the best validation accuracy at its best step (earliest in
-    grid order on ties)."""
+    """The grid result of ``mode`` with the best validation accuracy at its best step; on a tie (common
+    on a small validation split) the lower validation loss at that step, then the earlier in grid order."""
     runs = [r for r in grid if r["mode"] == mode]
-    return max(runs, key=lambda r: (r["best_validation"]["validation"]["accuracy"], -runs.index(r)))
+
+    def rank(r: dict[str, Any]) -> tuple[float, float, int]:
+        val = r["best_validation"]["validation"]
+        return val["accuracy"], -val.get("loss", math.inf), -runs.index(r)
+
+    return max(runs, key=rank)
 
 
 def matched_temperature(run, teacher_dir: str, target_entropy: float, seed: int) -> float:

@@ -57,7 +57,8 @@ def load_task(spec: str | Mapping[str, str], n_train: int | None = None, n_eval:
 
     ``spec``:
 
-    * ``"embedded"``: the generated sentiment task (``metakd.synthetic``).
+    * ``"embedded"``: the generated sentiment task (``metakd.synthetic``): ``seed`` draws the training
+      sentences; the evaluation sentences are a fixed held-out set that no training draw contains.
     * a directory with a ``train.*`` file and an eval file, the first of ``EVAL_FILES``
       (``dev``, ``validation``, ``valid``, ``test``, ``dev_matched``, ``validation_matched``)
       (``.tsv``, ``.csv``, ``.jsonl``, ``.json`` or ``.txt``; e.g. ``../shared/data/sst2``).
