@@ -208,6 +208,7 @@ def _draw_unique(rng: random.Random, n: int, seen: set[str]) -> list[tuple[str, 
     return out
 
 
+SPLITS_VERSION = 2  # 2: the held-out evaluation stream; cache keys of models trained on the task carry it
 EVAL_STREAM_SEED = 1_000_003  # the held-out stream: the same evaluation sentences for every seed
 EVAL_POOL = 2000  # held-out sentences no training split of any seed draws
 
@@ -241,3 +242,10 @@ def sentiment_splits(n_train: int = 4000, n_eval: int = 1000, seed: int = 0) -> 
     pool = _held_out(max(n_eval, EVAL_POOL))
     seen = {text for text, _ in pool}
     return {"train": _draw_unique(random.Random(seed), n_train, seen), "eval": pool[:n_eval]}
+
+
+def splits_identity(data: object) -> dict[str, int]:
+    """What a cache key adds for ``data``: the split version of the embedded task, nothing for any
+    other data (files are identified by their hashes), so a change of the generated splits never
+    reuses a model trained on the old ones."""
+    return {"embedded_splits": SPLITS_VERSION} if data == "embedded" else {}

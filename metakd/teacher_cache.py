@@ -38,7 +38,9 @@ def data_identity(data: str | dict) -> dict[str, Any]:
         path = Path(spec)
         paths = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
         files.update({str(p.resolve()): file_sha256(p) for p in paths})
-    return {"spec": data, "files": files}
+    from .synthetic import splits_identity
+
+    return {"spec": data, "files": files, **splits_identity(data)}
 
 
 def teacher_origin(run: "RunConfig", base: str, label_names: Sequence[str] | None) -> dict[str, Any]:

@@ -177,3 +177,14 @@ def test_generated_concessive_sentences_follow_the_main_clause():
 def test_description_and_forms_are_documented():
     assert "negation" in DESCRIPTION and len(DESCRIPTION) > 200
     assert {"plain", "negated", "double_negation", "comparison"} <= set(CLAUSE_FORMS)
+
+
+def test_a_new_split_version_changes_the_cache_identity_of_the_embedded_task_only(monkeypatch, tmp_path):
+    from metakd import synthetic
+    from metakd.teacher_cache import data_identity
+
+    (tmp_path / "train.tsv").write_text("sentence\tlabel\ngood\t1\n")
+    before, file_before = data_identity("embedded"), data_identity(str(tmp_path))
+    monkeypatch.setattr(synthetic, "SPLITS_VERSION", synthetic.SPLITS_VERSION + 1)
+    assert data_identity("embedded") != before
+    assert data_identity(str(tmp_path)) == file_before

@@ -38,6 +38,7 @@ from ..config import DistillConfig
 from ..distiller import MetaDistiller
 from ..finetune import cache_key, cached_model, evaluate_model, finetune_classifier
 from ..models import embedded_teacher_path, load_classifier, student_from_teacher, use_eager_attention
+from ..synthetic import splits_identity
 from ..telemetry import EnergyMeter, PhaseTimer, measure
 from .lockstep import Turns, run_lockstep
 from .meta_update_report import (build_table, figure_sources, learning_notes, measured_flags, per_seed_table,
@@ -156,7 +157,7 @@ def prepare_teacher(args: argparse.Namespace, splits: dict[str, list], num_label
     train = data_mod.encode(splits["train"], tokenizer, s["max_length"])
     key = cache_key(kind="meta-update-teacher", quick=args.quick, data=args.data, n_train=args.teacher_n_train or s["n_train"],
                     seed=args.seed, epochs=s["finetune_epochs"], max_length=s["max_length"], num_labels=num_labels,
-                    version=1)
+                    version=1, **splits_identity(args.data))
 
     def build():
         if args.quick:

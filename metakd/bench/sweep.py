@@ -145,6 +145,7 @@ def prepare_teacher(run, fine_tune: bool = True, progress: bool = True) -> dict[
     settings that shape it. Returns where the task teacher lies and how it scored."""
     from ..finetune import cache_dir, cache_key
     from ..run import _num_labels, finetune_teacher, load_data
+    from ..synthetic import splits_identity
 
     if not fine_tune:
         if run.teacher == "tiny" or run.teacher.startswith("new:"):
@@ -153,7 +154,8 @@ def prepare_teacher(run, fine_tune: bool = True, progress: bool = True) -> dict[
     key = cache_key(kind="sweep-teacher", version=TEACHER_CACHE_VERSION, teacher=run.teacher, task=run.task,
                     data=run.data, text_column=run.text_column, label_column=run.label_column,
                     n_train=run.finetune["n_train"] or run.n_train, n_eval=run.n_eval, finetune=run.finetune,
-                    teacher_config=run.teacher_config, max_length=run.distill.max_length, seed=run.distill.seed)
+                    teacher_config=run.teacher_config, max_length=run.distill.max_length, seed=run.distill.seed,
+                    **splits_identity(run.data))
     target = cache_dir() / "bench-teachers" / key
     report_path = target / "teacher" / "metakd_finetune.json"
     start = time.perf_counter()
