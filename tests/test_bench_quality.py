@@ -57,6 +57,17 @@ def test_grid_variants_cover_the_product():
     assert {"teacher_lr": 1e-3, "pilot_lr": 0.1, "lora_r": 16, "lora_alpha": 32} in [v["values"] for v in variants]
 
 
+
+def test_per_mode_pilot_grids_override_the_shared_one():
+    args = quality.parse(["--lora-teacher-lrs", "1e-3", "--full-teacher-lrs", "1e-5", "--lora-ranks", "4",
+                          "--pilot-lrs", "0.5", "--lora-pilot-lrs", "0.1", "--full-pilot-lrs", "0.01,0.02"])
+    variants = quality.grid_variants(args)
+    assert [v["values"] for v in variants if v["mode"] == "lora"] == [
+        {"teacher_lr": 1e-3, "pilot_lr": 0.1, "lora_r": 4, "lora_alpha": 8}]
+    assert [v["values"]["pilot_lr"] for v in variants if v["mode"] == "full"] == [0.01, 0.02]
+    shared = quality.grid_variants(quality.parse(["--pilot-lrs", "0.5", "--lora-pilot-lrs", "0.1"]))
+    assert {v["values"]["pilot_lr"] for v in shared if v["mode"] == "full"} == {0.5}
+
 def _bench(*argv: str, timeout: int = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "metakd", "bench", "quality", *argv], capture_output=True, text=True,
                           timeout=timeout)

@@ -4,14 +4,17 @@ validation split and the controls that explain the answer.
 
     metakd bench quality [--quick] [--seeds 0,1,2,3,4] [--jobs 2] [--threads 1] [--modes none,lora,full]
                          [--lora-teacher-lrs ...] [--full-teacher-lrs ...] [--pilot-lrs ...] [--lora-ranks ...]
+                         [--lora-pilot-lrs ...] [--full-pilot-lrs ...]
                          [--grid-seed 0] [--controls frozen,temperature] [--control-modes full]
                          [--lora-teacher-layers all,top:2] [--name quality]
                          [--config RUN.yaml] [--set key=value] [--steps N] [--eval-every N]
 
 1. Grid (one seed, ``--grid-seed``): every meta mode with each combination of its teacher_lr
-   (``--lora-teacher-lrs``/``--full-teacher-lrs``), ``--pilot-lrs`` and, for LoRA, ``--lora-ranks``;
-   the combination with the best validation accuracy (``history["best"]``, the validation split
-   carved from the training data: never the evaluation data) is used for every seed.
+   (``--lora-teacher-lrs``/``--full-teacher-lrs``), ``--pilot-lrs`` (or, per mode,
+   ``--lora-pilot-lrs``/``--full-pilot-lrs``) and, for LoRA, ``--lora-ranks``; the combination with
+   the best validation accuracy (``history["best"]``, the validation split carved from the training
+   data: never the evaluation data) is used for every seed. A mode given one value of each runs no
+   grid: those values are used as given (e.g. the choice of an earlier grid), and the report says so.
 2. Main: every mode x seed. Same seed = same student init, same batches, same quiz and validation
    split. Every run scores the student on the evaluation and validation data every ``eval_every``
    steps and the teacher (``track_teacher``: accuracy, soft-label entropy, KL(initial || current)).
@@ -127,6 +130,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-teacher-lrs", type=_floats, help="LoRA teacher_lr grid (default 1e-4,1e-3; quick 1e-3)")
     p.add_argument("--full-teacher-lrs", type=_floats, help="full teacher_lr grid (default 1e-5,1e-4; quick 1e-4,1e-3)")
     p.add_argument("--pilot-lrs", type=_floats, help="pilot_lr grid, both modes (default 1e-2,1e-1; quick 1e-2)")
+    p.add_argument("--lora-pilot-lrs", type=_floats, help="pilot_lr grid of LoRA meta-KD (default: --pilot-lrs)")
+    p.add_argument("--full-pilot-lrs", type=_floats, help="pilot_lr grid of full meta-KD (default: --pilot-lrs)")
     p.add_argument("--lora-ranks", type=_ints, help="LoRA rank grid (lora_alpha = 2 x rank; default 4,16; quick 4)")
     p.add_argument("--grid-seed", type=int, default=0, help="the seed of the grid runs (default: %(default)s)")
     p.add_argument("--controls", type=_choices(CONTROLS, empty_ok=True), default=list(CONTROLS),
@@ -204,7 +209,8 @@ def grid_variants(args: argparse.Namespace) -> list[dict[str, Any]]:
     for mode in [m for m in args.modes if m != "none"]:
         lrs = args.lora_teacher_lrs if mode == "lora" else args.full_teacher_lrs
         ranks = args.lora_ranks if mode == "lora" else [None]
-        for lr, pilot, rank in itertools.product(lrs, args.pilot_lrs, ranks):
+        pilots = getattr(args, f"{mode}_pilot_lrs", None) or args.pilot_lrs
+        for lr, pilot, rank in itertools.product(lrs, pilots, ranks):
             values = {"teacher_lr": lr, "pilot_lr": pilot}
             if rank is not None:
                 values["lora_r"], values["lora_alpha"] = rank, 2 * rank
@@ -624,8 +630,9 @@ def _study(args, run, teacher, work: Path, timing: dict[str, float]) -> int:
         f"{d.warmup_ratio if d.warmup_ratio is not None else d.warmup_steps}), T={d.temperature:g}, alpha={d.alpha:g}, "
         f"meta_grad={d.meta_grad}, pilot={d.pilot}, meta_every={d.meta_every}; evaluation every {d.eval_every} steps; "
         f"teacher tracked on {d.track_teacher} evaluation examples",
-        "chosen meta hyper-parameters: " + "; ".join(f"{LABELS[m]}: " + ", ".join(f"{k}={v:g}" for k, v in vals.items())
-                                                    for m, vals in chosen_values.items()),
+        "chosen meta hyper-parameters: " + "; ".join(
+            f"{LABELS[m]}: " + ", ".join(f"{k}={v:g}" for k, v in vals.items())
+            + (" (given, one value each: no grid run)" if m in single else "") for m, vals in chosen_values.items()),
         "controls: " + (", ".join(arm_label(f"{c}:{m}") for c in args.controls for m in args.control_modes)
                         if args.controls else "none run"),
         "wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timing.items())
