@@ -79,6 +79,8 @@ def _bench(*argv: str, timeout: int = 120) -> subprocess.CompletedProcess:
     (["--control-modes", "lora", "--modes", "none,full"], "--control-modes lora must be among --modes"),
     (["--quick", "--set", "distill.validation_fraction=0"], "validation_fraction > 0"),
     (["--modes", "none,full", "--controls", "none", "--lora-teacher-layers", "all,top:2"], "--modes must include lora"),
+    (["--seeds", "0,1", "--control-seeds", "1,2"], "--control-seeds must list distinct seeds among --seeds"),
+    (["--control-seeds", "x"], "--control-seeds takes comma-separated integers"),
 ])
 def test_bad_flags_fail_fast_with_one_line(argv, flag):
     proc = _bench(*argv)
@@ -115,6 +117,11 @@ def test_quick_end_to_end(tmp_path):
         # the frozen control distils from exactly the final meta-updated teacher (LoRA: adapters merged in)
         before = frozen[(r["mode"], r["seed"])]["teacher_before"]["accuracy"]
         assert before == pytest.approx(r["teacher_after"]["accuracy"])
+
+
+def test_control_seeds_default_to_every_seed_and_keep_the_order_given():
+    assert quality.parse(["--seeds", "0,1,2"]).control_seeds_list == [0, 1, 2]
+    assert quality.parse(["--seeds", "0,1,2,3", "--control-seeds", "3,1"]).control_seeds_list == [3, 1]
 
 
 def test_stored_runs_keep_their_key_when_a_setting_is_added_at_its_default(tmp_path):

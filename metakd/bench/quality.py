@@ -5,7 +5,7 @@ validation split and the controls that explain the answer.
     metakd bench quality [--quick] [--seeds 0,1,2,3,4] [--jobs 2] [--threads 1] [--modes none,lora,full]
                          [--lora-teacher-lrs ...] [--full-teacher-lrs ...] [--pilot-lrs ...] [--lora-ranks ...]
                          [--lora-pilot-lrs ...] [--full-pilot-lrs ...]
-                         [--grid-seed 0] [--controls frozen,temperature] [--control-modes full]
+                         [--grid-seed 0] [--controls frozen,temperature] [--control-modes full] [--control-seeds ...]
                          [--lora-teacher-layers all,top:2] [--name quality]
                          [--config RUN.yaml] [--set key=value] [--steps N] [--eval-every N]
 
@@ -21,7 +21,7 @@ validation split and the controls that explain the answer.
    ``--lora-teacher-layers all,top:2`` adds, per seed, a LoRA arm whose adapters go only into the
    named teacher blocks (``teacher_layers``), with the LoRA values the grid chose; it is compared
    with plain KD and, paired by seed, with LoRA on every block.
-3. Controls, per seed, for each of ``--control-modes``: ``frozen``: plain KD from the *final*
+3. Controls, per seed (``--control-seeds``, default every seed), for each of ``--control-modes``: ``frozen``: plain KD from the *final*
    meta-updated teacher of that seed, frozen; ``temperature``: plain KD from the initial teacher
    at the temperature whose soft labels have the final meta-updated teacher's mean entropy (on
    the tracked evaluation examples; no labels used).
@@ -138,6 +138,8 @@ def parser() -> argparse.ArgumentParser:
                    help="controls to run: frozen,temperature or none (default: both)")
     p.add_argument("--control-modes", type=_choices(("lora", "full")), default=["full"],
                    help="meta modes whose final teachers the controls use (default: full)")
+    p.add_argument("--control-seeds", help="seeds of the controls, a subset of --seeds (default: every seed); "
+                                           "controls paired over fewer seeds cost less and say less")
     p.add_argument("--lora-teacher-layers", type=_layers, default=["all"],
                    help="teacher_layers of the LoRA arms, e.g. all,top:2 (default: all); values other than all add "
                         "an arm each, with the LoRA values the grid chose")
@@ -168,6 +170,16 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     for key, value in grid.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.control_seeds is None:
+        args.control_seeds_list = list(args.seed_list)
+    else:
+        try:
+            args.control_seeds_list = [int(x) for x in args.control_seeds.split(",") if x.strip()]
+        except ValueError:
+            p.error(f"--control-seeds takes comma-separated integers; got {args.control_seeds!r}")
+        if (not args.control_seeds_list or len(set(args.control_seeds_list)) != len(args.control_seeds_list)
+                or not set(args.control_seeds_list) <= set(args.seed_list)):
+            p.error(f"--control-seeds must list distinct seeds among --seeds {args.seeds}; got {args.control_seeds!r}")
     if args.controls and not set(args.control_modes) <= set(args.modes):
         p.error(f"--control-modes {','.join(args.control_modes)} must be among --modes {','.join(args.modes)}")
     if args.lora_teacher_layers != ["all"] and "lora" not in args.modes:
@@ -595,7 +607,7 @@ def _study(args, run, teacher, work: Path, timing: dict[str, float]) -> int:
     # 3. controls
     t = time.perf_counter()
     control_specs = []
-    for seed in args.seed_list:
+    for seed in args.control_seeds_list:
         for mode in args.control_modes if args.controls else []:
             meta = meta_run(main, mode, seed)
             if "frozen" in args.controls:
@@ -634,11 +646,12 @@ def _study(args, run, teacher, work: Path, timing: dict[str, float]) -> int:
             f"{LABELS[m]}: " + ", ".join(f"{k}={v:g}" for k, v in vals.items())
             + (" (given, one value each: no grid run)" if m in single else "") for m, vals in chosen_values.items()),
         "controls: " + (", ".join(arm_label(f"{c}:{m}") for c in args.controls for m in args.control_modes)
-                        if args.controls else "none run"),
+                        + f" (seeds {', '.join(map(str, args.control_seeds_list))})" if args.controls else "none run"),
         "wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timing.items())
         + f"; {args.jobs} run(s) at a time, torch threads per run: {args.threads or 'default'}",
     ]
     payload = {"benchmark": NAME, "quick": args.quick, "seeds": args.seed_list, "grid_seed": args.grid_seed,
+               "control_seeds": args.control_seeds_list if args.controls else [],
                "jobs": args.jobs, "threads": args.threads, "base_run": run.to_dict(), "teacher": teacher,
                "grid": grid, "chosen": chosen_values, "summary": summary, "results": results, "timing_seconds": timing,
                "curves": {arm: {c: {k: curve_stats([r for r in results if arm_key(r) == arm], c, k)
