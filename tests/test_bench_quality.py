@@ -140,3 +140,46 @@ def test_controls_take_the_main_meta_run_not_a_teacher_layers_arm():
     main = [{"kind": "main", "mode": "none", "seed": 0}, {"kind": "layers", "mode": "lora", "seed": 0, "kept_teacher": None},
             {"kind": "main", "mode": "lora", "seed": 0, "kept_teacher": "t0"}]
     assert quality.meta_run(main, "lora", 0)["kept_teacher"] == "t0"
+
+
+def _teacher(acc: float, loss: float) -> dict:
+    return {"accuracy": acc, "loss": loss}
+
+
+def _run(kind: str, mode: str, seed: int, teacher: dict) -> dict:
+    return {"kind": kind, "mode": mode, "seed": seed, "teacher_before": teacher}
+
+
+def test_same_teacher_needs_equal_accuracy_and_loss():
+    a = _teacher(0.8257, 0.40086)
+    assert quality.same_teacher(a, _teacher(0.8257, 0.40088))
+    assert not quality.same_teacher(a, _teacher(0.8257, 0.4012)) and not quality.same_teacher(a, _teacher(0.835, 0.40086))
+    assert not quality.same_teacher(a, None)
+
+
+def test_teacher_groups_allow_a_teacher_per_seed_but_not_two_in_one_seed():
+    a, b = _teacher(0.8257, 0.4009), _teacher(0.8349, 0.3832)
+    results = [_run("main", "none", 0, a), _run("main", "lora", 0, a), _run("main", "none", 2, b),
+               _run("main", "lora", 2, b), _run("frozen", "none", 2, _teacher(0.5, 0.69))]  # a control's own teacher
+    groups = quality.teacher_groups(results)
+    assert [(g["eval"]["accuracy"], g["seeds"]) for g in groups] == [(0.8257, [0]), (0.8349, [2])]
+    with pytest.raises(quality.sweep.ConfigError, match="seed 2: its runs were distilled from different teachers"):
+        quality.teacher_groups(results + [_run("main", "full", 2, a)])
+
+
+def test_stored_runs_from_another_teacher_are_refused_only_where_a_seed_would_mix(tmp_path):
+    args = quality.parse(["--quick", "--keep-runs", str(tmp_path)])
+    run = quality.base_run(args)
+    old, new = _teacher(0.8257, 0.4009), _teacher(0.8349, 0.3832)
+    specs = {(mode, seed): quality._spec(args, run, "teacher-dir", mode, "main", mode, seed, {})
+             for mode in ("none", "lora") for seed in (0, 1, 2)}
+    for (mode, seed), teacher in [(("none", 0), old), (("lora", 0), old), (("none", 1), old), (("none", 2), new)]:
+        path = quality._stored(str(tmp_path), specs[(mode, seed)])
+        path.write_text(json.dumps({"teacher_before": teacher}))
+    # seed 0 stored whole from the old teacher: kept; seed 1 would pair an old plain-KD run with a new LoRA run
+    stale = quality.stale_stored_runs(list(specs.values()), str(tmp_path), new)
+    assert stale == [quality._stored(str(tmp_path), specs[("none", 1)])]
+    # a run done already (the grid's) counts for its seed
+    done = [_run("main", "lora", 0, new)]
+    assert len(quality.stale_stored_runs([specs[("none", 0)]], str(tmp_path), new, done=done)) == 1
+    assert quality.stale_stored_runs(list(specs.values()), None, new) == []

@@ -253,6 +253,11 @@ def _stored(keep_runs: str | None, spec: dict[str, Any]) -> Path | None:
     return Path(keep_runs) / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]}.json"
 
 
+def _is_stored(keep_runs: str | None, spec: dict[str, Any]) -> bool:
+    path = _stored(keep_runs, spec)
+    return path is not None and path.is_file()
+
+
 def _minus_defaults(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     """``values`` without the entries equal to ``defaults``' (recursively into nested dicts)."""
     out = {}
@@ -275,7 +280,7 @@ def run_all(specs: list[dict[str, Any]], jobs: int, what: str, keep_runs: str | 
 
     def one(spec: dict[str, Any]) -> dict[str, Any]:
         stored = _stored(keep_runs, spec)
-        if stored is not None and stored.is_file():
+        if _is_stored(keep_runs, spec):
             result = json.loads(stored.read_text())
         else:
             result = run_worker(__name__, spec)
@@ -321,6 +326,66 @@ def meta_run(main: Sequence[dict[str, Any]], mode: str, seed: int) -> dict[str, 
     """The main run of meta ``mode`` at ``seed`` (not a ``--lora-teacher-layers`` arm of that mode),
     whose final teacher the controls use."""
     return next(r for r in main if r["kind"] == "main" and r["mode"] == mode and r["seed"] == seed)
+
+
+# a run's initial teacher, identified by its measured evaluation: the arms of one seed must share it
+_FROM_INITIAL_TEACHER = ("grid", "main", "layers", "temperature")
+
+
+def same_teacher(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    """Whether two evaluations of a teacher on the evaluation split (``teacher_before``, the
+    fine-tune's ``eval``) come from the same weights: same accuracy, loss within 1e-4."""
+    return bool(a and b) and a["accuracy"] == b["accuracy"] and abs(a["loss"] - b["loss"]) < 1e-4
+
+
+def teacher_groups(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The distinct initial teachers of ``results`` (``{"eval", "seeds"}``, in order of first use);
+    raises ConfigError when the arms of one seed were distilled from different teachers (a pairing
+    by seed would compare teachers, not modes)."""
+    groups: list[dict[str, Any]] = []
+    by_seed: dict[int, dict[str, Any]] = {}
+    for r in [r for r in results if r["kind"] in _FROM_INITIAL_TEACHER]:
+        group = next((g for g in groups if same_teacher(g["eval"], r["teacher_before"])), None)
+        if group is None:
+            group = {"eval": r["teacher_before"], "seeds": []}
+            groups.append(group)
+        first = by_seed.setdefault(r["seed"], group)
+        if first is not group:
+            raise sweep.ConfigError(
+                f"seed {r['seed']}: its runs were distilled from different teachers (held-out accuracy "
+                f"{first['eval']['accuracy']:.4f} and {group['eval']['accuracy']:.4f}; the fine-tuned teacher was "
+                "made again, e.g. on another machine): delete that seed's stored runs from --keep-runs to rerun it")
+        if r["seed"] not in group["seeds"]:
+            group["seeds"].append(r["seed"])
+    return groups
+
+
+def stale_stored_runs(specs: Sequence[dict[str, Any]], keep_runs: str | None, teacher_eval: dict[str, Any] | None,
+                      done: Sequence[dict[str, Any]] = ()) -> list[Path]:
+    """Stored runs of ``specs`` made from another teacher than the current one (``teacher_eval``, the
+    fine-tune's evaluation) in a seed whose other runs (new, stored, or ``done`` already) use the current
+    one: reading them back would pair two teachers. A seed stored whole from an earlier teacher is kept."""
+    if not keep_runs or teacher_eval is None:
+        return []
+    stale: dict[int, list[Path]] = {}
+    current = {r["seed"] for r in done if r["kind"] in _FROM_INITIAL_TEACHER
+               and same_teacher(r["teacher_before"], teacher_eval)}
+    for spec in specs:
+        path = _stored(keep_runs, spec)
+        if _is_stored(keep_runs, spec) and not same_teacher(json.loads(path.read_text())["teacher_before"],
+                                                            teacher_eval):
+            stale.setdefault(spec["seed"], []).append(path)
+        else:
+            current.add(spec["seed"])
+    return [p for seed, paths in stale.items() if seed in current for p in paths]
+
+
+def _refuse_stale(paths: list[Path]) -> None:
+    if paths:
+        raise sweep.ConfigError(
+            f"{len(paths)} stored run(s) in --keep-runs were distilled from another teacher than the current one "
+            "(the fine-tuned teacher was made again, e.g. on another machine) in seeds that also need runs from the "
+            "current teacher: delete them to rerun those seeds: " + " ".join(map(str, paths)))
 
 
 def export_teacher(run, distilled: Path, target: Path) -> None:
@@ -450,10 +515,11 @@ def main_table(summary: Sequence[dict[str, Any]]) -> str:
 def per_seed_table(results: Sequence[dict[str, Any]]) -> str:
     rows = [[arm_label(arm_key(r)), r["seed"], f"{score(r, 'last'):.4f}", f"{score(r, 'best'):.4f}",
              r["best_validation"]["step"], f"{r['best_validation']['validation']['accuracy']:.4f}",
-             f"{r['teacher_after']['accuracy']:.4f}", r["steps"], f"{r['wall_seconds']:.0f}"]
+             f"{r['teacher_before']['accuracy']:.4f}", f"{r['teacher_after']['accuracy']:.4f}", r["steps"],
+             f"{r['wall_seconds']:.0f}"]
             for r in sorted(results, key=lambda r: (r["seed"], arm_key(r)))]
     return markdown_table(["arm", "seed", "acc last", "acc at best-val step", "best-val step", "val acc (best)",
-                           "teacher acc after", "steps", "wall s"], rows)
+                           "teacher acc before", "teacher acc after", "steps", "wall s"], rows)
 
 
 def grid_table(grid: Sequence[dict[str, Any]], chosen: dict[str, dict[str, Any]]) -> str:
@@ -565,7 +631,7 @@ def study(args: argparse.Namespace) -> int:
 
 
 def _study(args, run, teacher, work: Path, timing: dict[str, float]) -> int:
-    tdir = teacher["teacher_dir"]
+    tdir, teacher_eval = teacher["teacher_dir"], teacher.get("eval")
     keep_modes = set(args.control_modes) if args.controls else set()
 
     def keep(mode: str, seed: int, tag: str) -> str | None:
@@ -578,6 +644,7 @@ def _study(args, run, teacher, work: Path, timing: dict[str, float]) -> int:
     grid_specs = [_spec(args, run, tdir, f"grid {LABELS[v['mode']]}", "grid", v["mode"], args.grid_seed, v["values"],
                         keep=keep(v["mode"], args.grid_seed, f"g{i}")) for i, v in enumerate(variants)
                   if v["mode"] not in single]
+    _refuse_stale(stale_stored_runs(grid_specs, args.keep_runs, teacher_eval))
     grid = run_all(grid_specs, args.jobs, "grid", args.keep_runs) if grid_specs else []
     timing["grid"] = time.perf_counter() - t
     chosen_values = {v["mode"]: v["values"] for v in variants if v["mode"] in single}
@@ -599,6 +666,7 @@ def _study(args, run, teacher, work: Path, timing: dict[str, float]) -> int:
                          dict(chosen_values.get("lora", {}), teacher_layers=layers))
             spec["values"] = dict(spec["values"], of=layers)
             specs.append(spec)
+    _refuse_stale(stale_stored_runs(specs, args.keep_runs, teacher_eval, done=list(chosen.values())))
     main = run_all(specs, args.jobs, "main", args.keep_runs)
     for mode, r in chosen.items():
         main.append(dict(r, kind="main", label=LABELS[mode]))
@@ -614,16 +682,27 @@ def _study(args, run, teacher, work: Path, timing: dict[str, float]) -> int:
                 control_specs.append(_spec(args, run, meta["kept_teacher"], arm_label(f"frozen:{mode}"), "frozen",
                                            "none", seed, {}))
             if "temperature" in args.controls:
+                if teacher_eval is not None and not same_teacher(meta["teacher_before"], teacher_eval):
+                    raise sweep.ConfigError(f"seed {seed}: its stored runs come from another teacher than the current "
+                                            "one, which the temperature control would use: leave the seed out of "
+                                            "--control-seeds or delete its stored runs from --keep-runs")
                 target = float(meta["eval_curve"][-1]["teacher_entropy"])
                 temp = matched_temperature(run, tdir, target, seed)
                 control_specs.append(_spec(args, run, tdir, arm_label(f"temperature:{mode}"), "temperature", "none",
                                            seed, {"temperature": temp}))
             for spec in control_specs[-len(args.controls):]:
                 spec["values"] = dict(spec["values"], of=mode)  # which meta mode's teacher the control matches
+    lost = [f"seed {c['seed']}: {c['run']['teacher']}" for c in control_specs
+            if c["kind"] == "frozen" and not _is_stored(args.keep_runs, c) and not Path(c["run"]["teacher"]).is_dir()]
+    if lost:
+        raise sweep.ConfigError("the frozen control needs the final meta-updated teacher, which is gone ("
+                                + "; ".join(lost) + "): leave those seeds out of --control-seeds, or delete their "
+                                "stored meta runs from --keep-runs to rerun them")
     controls = run_all(control_specs, args.jobs, "controls", args.keep_runs) if control_specs else []
     timing["controls"] = time.perf_counter() - t
 
     results = main + controls
+    teachers = teacher_groups(results)
     summary = summarize(results, args.seed_list)
     body = ("Per arm (accuracy on the evaluation split; Δ = arm − plain KD over the same seeds, in points, with a "
             "95% t-interval):\n\n" + main_table(summary) + "\n\nPer seed:\n\n" + per_seed_table(results))
@@ -637,6 +716,11 @@ def _study(args, run, teacher, work: Path, timing: dict[str, float]) -> int:
         f"data), evaluation on {'all' if run.n_eval is None else run.n_eval} held-out examples; student {run.student}; "
         f"teacher {run.teacher} fine-tuned once (cached), held-out accuracy "
         f"{(teacher.get('eval') or {}).get('accuracy', float('nan')):.4f}",
+        *([f"the initial teacher differs between seeds ({len(teachers)} fine-tunes: stored runs from an earlier one "
+           "were read back): held-out accuracy " + "; ".join(
+               f"{g['eval']['accuracy']:.4f} for seed(s) {', '.join(map(str, g['seeds']))}" for g in teachers)
+           + ". Every seed's arms share one teacher, so a paired difference compares modes; the spread over seeds "
+           "includes the teacher's"] if len(teachers) > 1 else []),
         f"schedule: {d.epochs} epoch(s)" + (f" capped at {d.max_steps} steps" if d.max_steps else "")
         + f", batch {d.batch_size}, student_lr {d.student_lr:g} ({d.student_lr_schedule}, warm-up "
         f"{d.warmup_ratio if d.warmup_ratio is not None else d.warmup_steps}), T={d.temperature:g}, alpha={d.alpha:g}, "
@@ -652,6 +736,8 @@ def _study(args, run, teacher, work: Path, timing: dict[str, float]) -> int:
     ]
     payload = {"benchmark": NAME, "quick": args.quick, "seeds": args.seed_list, "grid_seed": args.grid_seed,
                "control_seeds": args.control_seeds_list if args.controls else [],
+               "teachers": [{"accuracy": g["eval"]["accuracy"], "loss": g["eval"]["loss"], "seeds": g["seeds"]}
+                            for g in teachers],
                "jobs": args.jobs, "threads": args.threads, "base_run": run.to_dict(), "teacher": teacher,
                "grid": grid, "chosen": chosen_values, "summary": summary, "results": results, "timing_seconds": timing,
                "curves": {arm: {c: {k: curve_stats([r for r in results if arm_key(r) == arm], c, k)
