@@ -93,12 +93,15 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
-def load_classifier(path_or_id: str | Path, num_labels: int, dtype: torch.dtype = torch.float32):
+def load_classifier(path_or_id: str | Path, num_labels: int, dtype: torch.dtype = torch.float32, seed: int = 0):
     """An ``AutoModelForSequenceClassification`` and its tokenizer from a local directory or hub id.
 
     A model without a classification head (like the embedded sentence encoder) gets a fresh one,
-    and ``model.metakd_new_head`` says so (True: the head is untrained and needs fine-tuning).
+    initialised from ``seed`` (the caller's RNG is left as it was), and ``model.metakd_new_head``
+    says so (True: the head is untrained and needs fine-tuning).
     """
+    from .rng import seeded
+
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -106,9 +109,10 @@ def load_classifier(path_or_id: str | Path, num_labels: int, dtype: torch.dtype 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected here
     try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            str(path_or_id), num_labels=num_labels, dtype=dtype, output_loading_info=True
-        )
+        with seeded(seed):  # a fresh head is drawn from the global RNG: the same seed, the same head
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                str(path_or_id), num_labels=num_labels, dtype=dtype, output_loading_info=True
+            )
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load model {str(path_or_id)!r}: {_first_line(exc)}") from exc
     except RuntimeError as exc:  # a trained head of another size (transformers: ignore_mismatched_sizes)

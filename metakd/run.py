@@ -394,8 +394,11 @@ def load_teacher(run: RunConfig, num_labels: int | None, source: str | None = No
     check_num_labels(run, source, num_labels, "teacher")
     if run.teacher_bits:
         from .quantization import load_quantized
+        from .rng import seeded
 
-        model = load_quantized(source, run.teacher_bits, run.teacher_quant_type, kind=run.task, num_labels=num_labels)
+        with seeded(run.distill.seed):  # a fresh classification head: the same seed, the same head
+            model = load_quantized(source, run.teacher_bits, run.teacher_quant_type, kind=run.task,
+                                   num_labels=num_labels)
         tokenizer = load_tokenizer(source, "teacher")
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -405,7 +408,7 @@ def load_teacher(run: RunConfig, num_labels: int | None, source: str | None = No
     dtype = parse_dtype(run.teacher_dtype) or torch.float32
     if run.task == "causal_lm":
         return load_causal_lm(source, dtype=dtype)
-    return load_classifier(source, num_labels, dtype=dtype)
+    return load_classifier(source, num_labels, dtype=dtype, seed=run.distill.seed)
 
 
 def build_student(run: RunConfig, teacher, teacher_tokenizer, num_labels: int | None):
@@ -422,7 +425,7 @@ def build_student(run: RunConfig, teacher, teacher_tokenizer, num_labels: int | 
         return fp32(student_from_teacher(teacher, spec)), None
     if kind == "random":
         return fp32(random_student(teacher, seed=run.distill.seed, **_student_changes(spec))), None
-    model, tokenizer = (load_causal_lm(spec) if run.task == "causal_lm" else load_classifier(spec, num_labels))
+    model, tokenizer = (load_causal_lm(spec) if run.task == "causal_lm" else load_classifier(spec, num_labels, seed=run.distill.seed))
     if run.task == "causal_lm":
         from .vocab import check_tokenizers
 

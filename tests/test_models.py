@@ -71,3 +71,14 @@ def test_random_student_refuses_unknown_fields_and_bad_widths():
         random_student(teacher, n_layers=1)
     with pytest.raises(ModelError, match="multiple"):
         random_student(teacher, hidden_size=10, num_attention_heads=4)
+
+
+def test_a_fresh_classification_head_is_drawn_from_the_seed_and_leaves_the_rng_alone():
+    # the embedded sentence encoder has no head: loading it twice must give the same teacher to fine-tune
+    from metakd.models import embedded_teacher_path, load_classifier
+
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    heads = [load_classifier(embedded_teacher_path(), 2, seed=s)[0].classifier.weight.detach().clone() for s in (0, 0, 1)]
+    assert torch.equal(heads[0], heads[1]) and not torch.equal(heads[0], heads[2])
+    assert torch.equal(torch.get_rng_state(), before)
