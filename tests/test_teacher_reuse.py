@@ -162,3 +162,18 @@ def test_sigterm_then_sigint_on_a_real_process(tmp_path, tiny_encoder):
     assert proc.returncode in (130, 128 + signal.SIGTERM), err[-3000:]
     last = rest.strip().splitlines()[-1]
     assert last.startswith("metakd: stop") and last.endswith(f"continue with: metakd distill {run} --resume"), last
+
+
+def test_fine_tuning_a_headless_teacher_twice_gives_the_same_teacher(tmp_path, tiny_encoder, capsys, monkeypatch):
+    # the encoder has no classification head: the fresh one is drawn from the seed, not from the RNG's state
+    data = tmp_path / "news.csv"
+    data.write_text("\n".join(news_rows(60)) + "\n")
+    run = write_run(tmp_path, tiny_encoder, data)
+    weights = []
+    for name in ("a", "b"):
+        monkeypatch.setenv("METAKD_CACHE", str(tmp_path / f"cache-{name}"))  # no cache shared: fine-tuned twice
+        torch.manual_seed(len(name) + ord(name))  # whatever the caller's RNG holds
+        assert main(["finetune-teacher", run, "--no-progress", "--output", str(tmp_path / name)]) == 0
+        assert "fine-tuned teacher saved to" in capsys.readouterr().err
+        weights.append((tmp_path / name / "teacher" / "model.safetensors").read_bytes())
+    assert weights[0] == weights[1]
