@@ -183,3 +183,14 @@ def test_stored_runs_from_another_teacher_are_refused_only_where_a_seed_would_mi
     done = [_run("main", "lora", 0, new)]
     assert len(quality.stale_stored_runs([specs[("none", 0)]], str(tmp_path), new, done=done)) == 1
     assert quality.stale_stored_runs(list(specs.values()), None, new) == []
+
+
+def test_a_stored_run_is_read_back_marked_as_such_and_its_file_left_as_it_was(tmp_path, capsys):
+    args = quality.parse(["--quick", "--keep-runs", str(tmp_path)])
+    spec = quality._spec(args, quality.base_run(args), "teacher-dir", "plain KD", "main", "none", 0, {})
+    stored = {"label": "plain KD", "seed": 0, "student": {"accuracy": 0.75}, "wall_seconds": 90.0}
+    path = quality._stored(str(tmp_path), spec)
+    path.write_text(json.dumps(stored))
+    [result] = quality.run_all([spec], 1, "main", str(tmp_path))  # no worker starts: the run is stored
+    assert result == dict(stored, read_back=True) and json.loads(path.read_text()) == stored
+    assert "plain KD, seed 0: final accuracy 0.7500 (90 s" in capsys.readouterr().err

@@ -281,7 +281,7 @@ def run_all(specs: list[dict[str, Any]], jobs: int, what: str, keep_runs: str | 
     def one(spec: dict[str, Any]) -> dict[str, Any]:
         stored = _stored(keep_runs, spec)
         if _is_stored(keep_runs, spec):
-            result = json.loads(stored.read_text())
+            result = dict(json.loads(stored.read_text()), read_back=True)  # its wall time was spent earlier
         else:
             result = run_worker(__name__, spec)
             if stored is not None:
@@ -709,6 +709,8 @@ def _study(args, run, teacher, work: Path, timing: dict[str, float]) -> int:
     if grid:
         body += "\n\nGrid (seed %d; chosen by validation accuracy):\n\n" % args.grid_seed + grid_table(grid, chosen)
     timing["total"] = sum(timing.values())
+    ran = [*grid, *main[:len(specs)], *controls]  # each run once (a chosen grid run is in main too)
+    earlier = [r for r in ran if r.get("read_back")]
     d = run.distill
     notes = verdict(summary) + [
         f"data {run.data}: n_train {run.n_train} (train / quiz {d.quiz_fraction:g} / validation "
@@ -732,7 +734,9 @@ def _study(args, run, teacher, work: Path, timing: dict[str, float]) -> int:
         "controls: " + (", ".join(arm_label(f"{c}:{m}") for c in args.controls for m in args.control_modes)
                         + f" (seeds {', '.join(map(str, args.control_seeds_list))})" if args.controls else "none run"),
         "wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timing.items())
-        + f"; {args.jobs} run(s) at a time, torch threads per run: {args.threads or 'default'}",
+        + f"; {args.jobs} run(s) at a time, torch threads per run: {args.threads or 'default'}"
+        + (f"; {len(earlier)} of {len(ran)} runs read back from --keep-runs (their own wall times, "
+           f"one process each, sum to {sum(r['wall_seconds'] for r in earlier) / 60:.1f} min)" if earlier else ""),
     ]
     payload = {"benchmark": NAME, "quick": args.quick, "seeds": args.seed_list, "grid_seed": args.grid_seed,
                "control_seeds": args.control_seeds_list if args.controls else [],
