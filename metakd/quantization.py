@@ -126,11 +126,12 @@ def default_device() -> torch.device:
 
 def load_quantized(path_or_id: str | Path, bits: int, quant_type: str = "nf4", kind: str = "classification",
                    num_labels: int | None = None, device: str | torch.device | None = None,
-                   compute_dtype: torch.dtype = torch.float32) -> nn.Module:
+                   compute_dtype: torch.dtype = torch.float32, seed: int = 0) -> nn.Module:
     """A Hugging Face model (``AutoModelForSequenceClassification`` or ``AutoModelForCausalLM``) loaded
     from a local directory or hub id with its Linear layers quantized to ``bits`` on ``device`` (default:
     the GPU if there is one, else the CPU). Non-quantized parts (embeddings, norms, heads) are kept in
-    ``compute_dtype``. A classifier without a head for ``num_labels`` gets a fresh one (unquantized).
+    ``compute_dtype``. A classifier without a head for ``num_labels`` gets a fresh one (unquantized,
+    initialised from ``seed``; the caller's RNG is left as it was).
     Layers listed by ``full_precision_layers`` stay in ``compute_dtype`` too (logged; the returned
     model's ``metakd_full_precision``). The tokenizer is loaded as usual (``AutoTokenizer.from_pretrained``)."""
     if kind not in KINDS:
@@ -138,6 +139,8 @@ def load_quantized(path_or_id: str | Path, bits: int, quant_type: str = "nf4", k
     quantization_config(bits, quant_type, compute_dtype)  # bad settings fail before any loading
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
+
+    from .rng import seeded
 
     dev = torch.device(device) if device is not None else default_device()
     if dev.type == "cuda" and dev.index is None:
@@ -152,8 +155,9 @@ def load_quantized(path_or_id: str | Path, bits: int, quant_type: str = "nf4", k
             skeleton = auto.from_config(model_config)
         narrow = full_precision_layers(skeleton, bits)
         config = quantization_config(bits, quant_type, compute_dtype, skip_modules=list(narrow))
-        model = auto.from_pretrained(str(path_or_id), quantization_config=config, device_map={"": str(dev)},
-                                     dtype=compute_dtype, **extra)
+        with seeded(seed, dev):  # a fresh head is drawn from the global RNG: the same seed, the same head
+            model = auto.from_pretrained(str(path_or_id), quantization_config=config, device_map={"": str(dev)},
+                                         dtype=compute_dtype, **extra)
     except OSError as exc:
         raise ModelError(f"cannot load model {str(path_or_id)!r}: {exc}") from exc
     finally:

@@ -394,11 +394,9 @@ def load_teacher(run: RunConfig, num_labels: int | None, source: str | None = No
     check_num_labels(run, source, num_labels, "teacher")
     if run.teacher_bits:
         from .quantization import load_quantized
-        from .rng import seeded
 
-        with seeded(run.distill.seed):  # a fresh classification head: the same seed, the same head
-            model = load_quantized(source, run.teacher_bits, run.teacher_quant_type, kind=run.task,
-                                   num_labels=num_labels)
+        model = load_quantized(source, run.teacher_bits, run.teacher_quant_type, kind=run.task, num_labels=num_labels,
+                               seed=run.distill.seed)
         tokenizer = load_tokenizer(source, "teacher")
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -425,7 +423,8 @@ def build_student(run: RunConfig, teacher, teacher_tokenizer, num_labels: int | 
         return fp32(student_from_teacher(teacher, spec)), None
     if kind == "random":
         return fp32(random_student(teacher, seed=run.distill.seed, **_student_changes(spec))), None
-    model, tokenizer = (load_causal_lm(spec) if run.task == "causal_lm" else load_classifier(spec, num_labels, seed=run.distill.seed))
+    model, tokenizer = (load_causal_lm(spec) if run.task == "causal_lm"
+                        else load_classifier(spec, num_labels, seed=run.distill.seed))
     if run.task == "causal_lm":
         from .vocab import check_tokenizers
 

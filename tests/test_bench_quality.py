@@ -79,7 +79,8 @@ def _bench(*argv: str, timeout: int = 120) -> subprocess.CompletedProcess:
     (["--control-modes", "lora", "--modes", "none,full"], "--control-modes lora must be among --modes"),
     (["--quick", "--set", "distill.validation_fraction=0"], "validation_fraction > 0"),
     (["--modes", "none,full", "--controls", "none", "--lora-teacher-layers", "all,top:2"], "--modes must include lora"),
-    (["--seeds", "0,1", "--control-seeds", "1,2"], "--control-seeds must list distinct seeds among --seeds"),
+    (["--seeds", "0,1", "--control-seeds", "1,2"], "--control-seeds must be among --seeds"),
+    (["--control-seeds", "1,1"], "--control-seeds must list distinct integers"),
     (["--control-seeds", "x"], "--control-seeds takes comma-separated integers"),
 ])
 def test_bad_flags_fail_fast_with_one_line(argv, flag):
@@ -194,3 +195,18 @@ def test_a_stored_run_is_read_back_marked_as_such_and_its_file_left_as_it_was(tm
     [result] = quality.run_all([spec], 1, "main", str(tmp_path))  # no worker starts: the run is stored
     assert result == dict(stored, read_back=True) and json.loads(path.read_text()) == stored
     assert "plain KD, seed 0: final accuracy 0.7500 (90 s" in capsys.readouterr().err
+
+
+def test_a_frozen_control_whose_final_teacher_is_gone_is_refused_unless_stored(tmp_path):
+    args = quality.parse(["--quick", "--keep-runs", str(tmp_path / "keep")])
+    run = quality.base_run(args)
+    (tmp_path / "kept").mkdir()
+    here = quality._spec(args, run, str(tmp_path / "kept"), "frozen", "frozen", "none", 0, {})
+    gone = quality._spec(args, run, str(tmp_path / "gone"), "frozen", "frozen", "none", 1, {})
+    quality._refuse_lost_teachers([here], args.keep_runs)
+    with pytest.raises(quality.sweep.ConfigError, match=f"seed 1: {tmp_path / 'gone'}"):
+        quality._refuse_lost_teachers([here, gone], args.keep_runs)
+    stored = quality._stored(args.keep_runs, gone)  # the control ran before: it is read back, no teacher needed
+    stored.parent.mkdir(parents=True)
+    stored.write_text("{}")
+    quality._refuse_lost_teachers([here, gone], args.keep_runs)

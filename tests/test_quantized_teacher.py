@@ -325,3 +325,13 @@ def test_student_cannot_be_cut_from_a_quantized_teacher():
     teacher = quantize(_teacher("bert"), 4, "nf4", device="cpu")
     with pytest.raises(ModelError, match="full-precision teacher"):
         student_from_teacher(teacher, "first:1")
+
+
+def test_load_quantized_draws_a_fresh_head_from_the_seed(tmp_path):
+    _teacher("bert", hidden=64).bert.save_pretrained(tmp_path)  # the encoder alone: no classification head
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    heads = [load_quantized(tmp_path, 8, num_labels=2, device="cpu", seed=s).classifier.weight.detach().clone()
+             for s in (0, 0, 1)]
+    assert torch.equal(heads[0], heads[1]) and not torch.equal(heads[0], heads[2])
+    assert torch.equal(torch.get_rng_state(), before)

@@ -170,16 +170,10 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     for key, value in grid.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.control_seeds is None:
-        args.control_seeds_list = list(args.seed_list)
-    else:
-        try:
-            args.control_seeds_list = [int(x) for x in args.control_seeds.split(",") if x.strip()]
-        except ValueError:
-            p.error(f"--control-seeds takes comma-separated integers; got {args.control_seeds!r}")
-        if (not args.control_seeds_list or len(set(args.control_seeds_list)) != len(args.control_seeds_list)
-                or not set(args.control_seeds_list) <= set(args.seed_list)):
-            p.error(f"--control-seeds must list distinct seeds among --seeds {args.seeds}; got {args.control_seeds!r}")
+    args.control_seeds_list = (list(args.seed_list) if args.control_seeds is None
+                               else sweep.parse_seeds(p, "--control-seeds", args.control_seeds))
+    if not set(args.control_seeds_list) <= set(args.seed_list):
+        p.error(f"--control-seeds must be among --seeds {args.seeds}; got {args.control_seeds!r}")
     if args.controls and not set(args.control_modes) <= set(args.modes):
         p.error(f"--control-modes {','.join(args.control_modes)} must be among --modes {','.join(args.modes)}")
     if args.lora_teacher_layers != ["all"] and "lora" not in args.modes:
@@ -386,6 +380,16 @@ def _refuse_stale(paths: list[Path]) -> None:
             f"{len(paths)} stored run(s) in --keep-runs were distilled from another teacher than the current one "
             "(the fine-tuned teacher was made again, e.g. on another machine) in seeds that also need runs from the "
             "current teacher: delete them to rerun those seeds: " + " ".join(map(str, paths)))
+
+
+def _refuse_lost_teachers(control_specs: Sequence[dict[str, Any]], keep_runs: str | None) -> None:
+    """A frozen control still to run needs its seed's final meta-updated teacher on disk."""
+    lost = [f"seed {c['seed']}: {c['run']['teacher']}" for c in control_specs
+            if c["kind"] == "frozen" and not _is_stored(keep_runs, c) and not Path(c["run"]["teacher"]).is_dir()]
+    if lost:
+        raise sweep.ConfigError("the frozen control needs the final meta-updated teacher, which is gone ("
+                                + "; ".join(lost) + "): leave those seeds out of --control-seeds, or delete their "
+                                "stored meta runs from --keep-runs to rerun them")
 
 
 def export_teacher(run, distilled: Path, target: Path) -> None:
@@ -692,12 +696,7 @@ def _study(args, run, teacher, work: Path, timing: dict[str, float]) -> int:
                                            seed, {"temperature": temp}))
             for spec in control_specs[-len(args.controls):]:
                 spec["values"] = dict(spec["values"], of=mode)  # which meta mode's teacher the control matches
-    lost = [f"seed {c['seed']}: {c['run']['teacher']}" for c in control_specs
-            if c["kind"] == "frozen" and not _is_stored(args.keep_runs, c) and not Path(c["run"]["teacher"]).is_dir()]
-    if lost:
-        raise sweep.ConfigError("the frozen control needs the final meta-updated teacher, which is gone ("
-                                + "; ".join(lost) + "): leave those seeds out of --control-seeds, or delete their "
-                                "stored meta runs from --keep-runs to rerun them")
+    _refuse_lost_teachers(control_specs, args.keep_runs)
     controls = run_all(control_specs, args.jobs, "controls", args.keep_runs) if control_specs else []
     timing["controls"] = time.perf_counter() - t
 

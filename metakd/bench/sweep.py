@@ -80,16 +80,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def parse_common(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Check the shared flags (usage errors name the flag); sets ``args.seed_list``."""
-    try:
-        args.seed_list = [int(x) for x in args.seeds.split(",") if x.strip()]
-    except ValueError:
-        p.error(f"--seeds takes comma-separated integers; got {args.seeds!r}")
-    if not args.seed_list or len(set(args.seed_list)) != len(args.seed_list):
-        p.error(f"--seeds must list distinct integers; got {args.seeds!r}")
+    args.seed_list = parse_seeds(p, "--seeds", args.seeds)
     for name in ("steps", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name} must be >= 1")
+
+
+def parse_seeds(p: argparse.ArgumentParser, flag: str, text: str) -> list[int]:
+    """Distinct comma-separated integers from ``text``; a usage error naming ``flag`` otherwise."""
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"{flag} takes comma-separated integers; got {text!r}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        p.error(f"{flag} must list distinct integers; got {text!r}")
+    return seeds
 
 
 def base_run(args: argparse.Namespace):
