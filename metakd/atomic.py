@@ -18,6 +18,23 @@ def directory_mode() -> int:
     return 0o777 & ~mask
 
 
+def follow_umask(root: str | Path) -> None:
+    """Give every file under ``root`` the mode ``open`` gives a new file under the process's umask
+    (0o666 & ~umask, execute bits kept) and every directory ``directory_mode()``. Writers that go
+    through a temporary file (safetensors' ``save_file`` and so ``save_pretrained`` write
+    ``*.safetensors`` via ``mkstemp``, which makes them 0600) would otherwise leave weight files
+    readable by their owner only, unlike the JSON beside them."""
+    dirs = directory_mode()
+    mask = 0o777 & ~dirs
+    for path in [Path(root), *Path(root).rglob("*")]:
+        if path.is_symlink():
+            continue
+        if path.is_dir():
+            path.chmod(dirs)
+        elif path.is_file():
+            path.chmod((0o666 | (path.stat().st_mode & 0o111)) & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary directory beside ``target``; when the block ends without an error it
@@ -30,6 +47,7 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     tmp.chmod(directory_mode())  # mkdtemp makes it 0700; the result gets the user's umask like any mkdir
     try:
         yield tmp
+        follow_umask(tmp)
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old")

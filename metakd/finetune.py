@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from . import data as data_mod
 from . import evaluate
-from .atomic import directory_mode
+from .atomic import directory_mode, follow_umask
 from .forward import model_inputs
 from .losses import next_token_ce
 from .rng import restore_global_rng
@@ -161,6 +161,7 @@ def cached_model(key: str, build: Callable[[], nn.Module], load: Callable[[Path]
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         (tmp / "metakd.json").write_text(json.dumps(meta or {}, indent=2, default=str))
+        follow_umask(tmp)
         if target.exists():  # another process won the race; keep its copy
             shutil.rmtree(tmp)
         else:

@@ -60,3 +60,9 @@ def _headerless_run(tmp_path, encoder, capsys):
     # new directories get the user's umask (the test runs under 022), not mkdtemp's 0700
     for made in ("out/teacher", "out/distilled", "out/checkpoint"):
         assert (tmp_path / made).stat().st_mode & 0o777 == 0o755, made
+    # and weight files too, not safetensors' mkstemp 0600 (the cached teacher included)
+    cached = list((tmp_path / "cache" / "finetuned").glob("*/model.safetensors"))
+    assert cached
+    for made in ("out/teacher/model.safetensors", "out/distilled/student/model.safetensors",
+                 "out/checkpoint/state.safetensors", *cached):
+        assert (tmp_path / made).stat().st_mode & 0o777 == 0o644, made
