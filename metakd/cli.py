@@ -101,9 +101,11 @@ def _run_command_body(args: argparse.Namespace) -> int:
         return _compress(run, progress=not args.no_progress)
     from .checkpoint import TrainingInterrupted
 
-    again = (f"metakd {args.command} {shlex.quote(args.config)}" + (" --resume" if args.command == "distill" else "")
-             + "".join(f" --set {shlex.quote(o)}" for o in args.overrides)
-             + (f" --output {shlex.quote(args.output)}" if args.output else ""))
+    def again(flag: str) -> str:
+        return (f"metakd {args.command} {shlex.quote(args.config)}" + (f" {flag}" if flag else "")
+                + "".join(f" --set {shlex.quote(o)}" for o in args.overrides)
+                + (f" --output {shlex.quote(args.output)}" if args.output else ""))
+
     try:
         if args.command == "finetune-teacher":
             report = finetune_teacher(run, progress=not args.no_progress)
@@ -112,11 +114,17 @@ def _run_command_body(args: argparse.Namespace) -> int:
         result = distill(run, progress=not args.no_progress, resume=args.resume,
                          resume_if_present=args.resume_if_present, overwrite=args.overwrite)
     except TrainingInterrupted as stop:
-        print(f"metakd: {stop}; continue with: {again}", file=sys.stderr)
+        _end_bars()
+        print(f"metakd: {stop}; continue with: {again('--resume' if args.command == 'distill' else '')}",
+              file=sys.stderr)
         return stop.exit_code
-    except KeyboardInterrupt:  # a second signal: stopped at once, the last checkpoint stays
-        print(f"metakd: stopped at once by a second signal; the last checkpoint in {run.output} is kept; "
-              f"continue with: {again}", file=sys.stderr)
+    except KeyboardInterrupt:  # a second signal: stopped at once; say what the output directory really holds
+        from .outputs import stopped_state
+
+        _end_bars()
+        state, continues, flag = stopped_state(run.output, args.command)
+        print(f"metakd: stopped at once by a second signal; {state}; "
+              f"{'continue' if continues else 'start again'} with: {again(flag)}", file=sys.stderr)
         return 130
     from .distributed import env_rank
 
@@ -133,6 +141,17 @@ def _run_command_body(args: argparse.Namespace) -> int:
     print(json.dumps({"train_seconds": result["train"].get("seconds"),
                       "peak_memory_bytes": result["train"].get("peak_memory_bytes")}))
     return 0
+
+
+def _end_bars() -> None:
+    """Close the progress bars an interruption left open, each on its own line (where it stopped),
+    so the message that follows stands on its own line instead of being glued onto a bar's."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.leave = True  # the bar's last state, then a newline (leave=False would only blank the line)
+        bar.close()
+    sys.stderr.flush()
 
 
 def _compress(run, progress: bool) -> int:

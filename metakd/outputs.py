@@ -3,6 +3,7 @@ one exists), never overwrite a previous run unless asked."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -45,3 +46,30 @@ def resume_decision(output: str | Path, resume: bool = False, resume_if_present:
     for name in ("checkpoint", "teacher_checkpoint"):  # overwriting: no stale state for a later --resume
         shutil.rmtree(output / name, ignore_errors=True)
     return False
+
+
+def _steps_done(meta_file: Path) -> str:
+    try:
+        return f" (step {int(json.loads(meta_file.read_text())['steps_done'])})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+def stopped_state(output: str | Path, command: str) -> tuple[str, bool, str]:
+    """After a run was stopped at once (a second signal): what its output directory really holds,
+    in words; whether ``metakd COMMAND`` continues from there (else it starts again); and the flag
+    that command needs: ``--resume``, ``--overwrite`` (a previous run is there) or ``""``."""
+    from .checkpoint import META_FILE, located
+    from .finetune_checkpoint import META_FILE as FINETUNE_META, finetune_checkpoint_settings
+
+    output = Path(output)
+    checkpoint = located(output / "checkpoint")
+    if command == "distill" and has_checkpoint(checkpoint):
+        return f"the last checkpoint in {checkpoint}{_steps_done(checkpoint / META_FILE)} is kept", True, "--resume"
+    teacher = output / "teacher_checkpoint"
+    if finetune_checkpoint_settings(teacher) is not None:
+        return (f"the teacher's fine-tuning checkpoint in {teacher}{_steps_done(teacher / FINETUNE_META)} is kept",
+                True, "--resume" if command == "distill" else "")  # finetune-teacher resumes it by itself
+    previous = command == "distill" and any((output / name).exists() for name in PREVIOUS_RUN)
+    return (f"no checkpoint was written yet, so there is nothing in {output} to resume", False,
+            "--overwrite" if previous else "")
