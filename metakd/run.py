@@ -603,7 +603,8 @@ def _distill_plan(cfg: DistillConfig, train, eval_data=None) -> str:
 
 
 def _collapse_warning(run: RunConfig, scores: dict[str, float], eval_data, role: str = "teacher") -> str | None:
-    """Log (and return) a warning when a classifier scores no better than the majority class."""
+    """Log (and return) a warning when a classifier learned little beyond the class prior
+    (``metakd.evaluate.collapse_warning``: the majority-class rate, and an MCC floor)."""
     from .evaluate import collapse_warning
 
     if run.task != "classification":

@@ -24,6 +24,26 @@ def test_collapse_warning_within_a_point_of_the_majority_rate():
     assert collapse_warning({"accuracy": 0.62, "recall": 0.55}, labels) is None
 
 
+def test_collapse_warning_on_a_chance_corrected_measure():
+    """The issue's MRPC teacher: 70.6% against a 68.4% majority passed silently; its MCC is 0.20."""
+    import torch
+
+    from metakd.evaluate import MCC_FLOOR, classification_scores
+
+    # MRPC's 408 validation pairs, 279 paraphrases (1): the teacher gets 271 of them and 17 of the 129 others
+    labels = torch.tensor([1] * 279 + [0] * 129)
+    predictions = torch.tensor([1] * 271 + [0] * 8 + [0] * 17 + [1] * 112)
+    scores = classification_scores(predictions, labels)
+    assert (round(scores["accuracy"], 3), round(scores["mcc"], 2), round(scores["f1"], 2)) == (0.706, 0.20, 0.52)
+    assert scores["accuracy"] > majority_rate(labels.tolist()) + 0.01  # the old test passes it
+    warning = collapse_warning(scores, labels.tolist())
+    assert warning is not None and "Matthews correlation 0.20 is below 0.3" in warning, warning
+    assert "majority-class rate 0.684" in warning and "finetune.lr" in warning
+    # a teacher that learned the task is left alone
+    good = classification_scores(torch.tensor([1] * 250 + [0] * 29 + [0] * 90 + [1] * 39), labels)
+    assert good["mcc"] > MCC_FLOOR and collapse_warning(good, labels.tolist()) is None
+
+
 def test_distill_plan_counts_the_batches_fit_trains_on():
     # 100 distinct examples: the quiz split takes 10, validation 0.2 of the other 90 = 18, leaving 72 = 8 batches of 10
     import torch
