@@ -127,12 +127,15 @@ def save_checkpoint(directory: str | Path, distiller: Any, history: dict[str, li
     tensors.update(opt_t)
     start = _fit_start(distiller)
     tensors.update({f"rng.{k}_shuffle": v for k, v in start.items() if k != "step"})
+    guard = getattr(distiller, "guard", None)
+    guard_meta, guard_tensors = guard.state() if guard is not None else (None, {})
+    tensors.update(guard_tensors)
     tensors = _unshare(tensors)
     meta = {"format": FORMAT, "version": VERSION, "steps_done": distiller.steps_done, "fit_start_step": start["step"],
             "config": distiller.config.to_dict(), "optimizers": {"student": meta_s, "teacher": meta_t},
             "counters": {k: getattr(distiller, k) for k in ("skipped_steps", "bad_in_a_row") if hasattr(distiller, k)},
             "history": history, "data": data, "schedulers": scheduler_state(distiller),
-            "train_seconds": train_seconds(distiller)}
+            "train_seconds": train_seconds(distiller), "teacher_guard": guard_meta}
     scaler = getattr(distiller, "scaler", None)
     if scaler is not None and scaler.is_enabled():  # fp16: the loss scale and its growth tracker
         meta["scaler"] = {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in scaler.state_dict().items()}
@@ -268,6 +271,8 @@ def load_checkpoint(directory: str | Path, distiller: Any, data: dict[str, Any] 
         distiller.metakd_seconds_before = float(meta["train_seconds"])
     for key, value in meta.get("counters", {}).items():
         setattr(distiller, key, value)
+    if getattr(distiller, "guard", None) is not None:
+        distiller.guard.load(meta.get("teacher_guard"), tensors)
     meta["fit_start"] = _saved_fit_start(meta, tensors, distiller.config.seed)
     return meta
 

@@ -15,7 +15,8 @@ TASKS = ("classification", "causal_lm")
 META_UPDATES = ("none", "lora", "full")
 META_GRADS = ("higher", "jvp", "finite_diff")
 PILOTS = ("restore", "reuse")
-DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "mse")
+QUIZ_LOSSES = ("ce", "margin")
 OPTIMIZERS = ("adamw", "sgd")
 PILOT_OPTIMIZERS = ("sgd", "adam")
 FD_SCHEMES = ("central", "forward")
@@ -84,11 +85,13 @@ class DistillConfig:
     """Weight of the soft term; 1 - alpha weighs the hard-label cross-entropy."""
     divergence: str = "forward_kl"
     """Soft term: "forward_kl" KL(p_T || p_S) (Hinton et al.), "reverse_kl" KL(p_S || p_T)
-    (mode-seeking), or "jsd" (generalized Jensen-Shannon with jsd_beta); each times T^2."""
+    (mode-seeking), "jsd" (generalized Jensen-Shannon with jsd_beta), or "mse" (mean squared difference
+    of the softened probabilities, torch's MSELoss: MetaDistil's soft loss); each times T^2."""
     jsd_beta: float = 0.5
     """beta of the generalized JSD, in (0, 1): beta*KL(p_T||m) + (1-beta)*KL(p_S||m), m = beta*p_T + (1-beta)*p_S."""
-    pilot_lr: float = 1e-3
-    """Step size of the differentiable pilot student step."""
+    pilot_lr: Any = 1e-3
+    """Step size of the differentiable pilot student step, or "student": the student optimizer's
+    current (scheduled) learning rate at each meta-step."""
     pilot_optimizer: str = "sgd"
     """Update rule of the pilot step: "sgd" (theta' = theta - pilot_lr * grad) or "adam"
     (a fresh differentiable Adam with lr = pilot_lr; "higher" backend only)."""
@@ -100,10 +103,56 @@ class DistillConfig:
     teacher forward)."""
     meta_every: int = 1
     """Run a meta-step every k steps; plain KD steps in between."""
+    meta_start: Any = 0
+    """The teacher does not learn before this training step (an integer), or before this share of
+    the run's training steps (a number in (0, 1), resolved by ``fit``): plain KD steps until then,
+    with no meta cost."""
+    recipe: str | None = None
+    """A published recipe as a preset: "metadistil", "mpl" or "lgtm" (``metakd.recipes``). It fills
+    the settings this config did not set and the run prints what it set. None: no preset."""
+    meta_weight: float = 1.0
+    """Weight of the quiz loss through the pilot step in the teacher's objective
+    ``L_T = meta_weight·L_quiz(θ'(φ)) + teacher_ce_weight·CE(T_φ(x), y)
+    + teacher_student_weight·T²·KL(p_S ‖ p_T) + teacher_anchor_weight·T²·KL(p_T0 ‖ p_T)``."""
+    teacher_ce_weight: float = 0.0
+    """Weight of the teacher's own cross-entropy on the training batch's labels (next-token CE for a
+    causal LM) in the teacher's objective (Meta Pseudo Labels, LGTM, PESF-KD)."""
+    teacher_student_weight: float = 0.0
+    """Weight of T²·KL(p_S ‖ p_T) on the training batch, the student's soft labels at θ toward which
+    the teacher is pulled (LGTM)."""
+    teacher_anchor_weight: float = 0.0
+    """Weight of T²·KL(p_T0 ‖ p_T): a trust region around the teacher as it was given (p_T0; LoRA:
+    the model with its initial adapters, full: the initial weights of the learning blocks, kept as one
+    copy). Costs one more no-grad teacher forward per meta-step."""
+    quiz_batches: Any = 1
+    """Quiz batches whose mean quiz loss each meta-step differentiates (``fit`` draws one quiz batch
+    of ``quiz_batches × quiz_batch_size`` rows), or "all": the whole quiz split at every meta-step
+    (MetaDistil)."""
+    quiz_loss: str = "ce"
+    """The quiz loss: "ce" (cross-entropy; it rewards a less confident student as much as a more
+    accurate one) or "margin" (multi-class hinge, margin 1: it rewards only ranking the right class
+    first). Classification only for "margin"."""
+    teacher_guard: bool = True
+    """Meta modes: at every evaluation score the teacher on the validation split; when its accuracy
+    falls more than ``teacher_guard_points`` below its start, restore its learning parameters to
+    their best state so far, halve its learning rate, and after ``teacher_guard_trips`` trips stop
+    meta-updating (``metakd.teacher_guard``). Needs validation data to act."""
+    teacher_guard_points: float = 1.0
+    """Accuracy points below its starting validation accuracy at which the guard trips."""
+    teacher_guard_trips: int = 3
+    """Trips after which the guard stops the teacher's meta-updates for the rest of the run."""
     student_optimizer: str = "adamw"
+    """Optimizer of the student: "adamw" (AdamW) or "sgd"."""
     teacher_optimizer: str = "adamw"
+    """Optimizer of the teacher's meta-update (its LoRA adapters, or every weight with
+    meta_update="full"): "adamw" (AdamW) or "sgd"."""
     student_lr: float = 5e-5
+    """Learning rate of the student optimizer (the peak rate under a schedule)."""
     teacher_lr: float = 1e-4
+    """Learning rate of the teacher's meta-update optimizer (the peak rate under a schedule)."""
+    teacher_lr_ratio: float | None = None
+    """When set, the teacher's learning rate is this multiple of ``student_lr`` (``teacher_lr`` is
+    then ignored), so a recipe carries over between models."""
     student_lr_schedule: str = "constant"
     """Learning-rate schedule of the student optimizer over the run's training steps: "constant",
     "linear" (decay to 0 at the last step) or "cosine" (half a cosine to 0), each after
@@ -125,7 +174,9 @@ class DistillConfig:
     with metakd.distiller.NumericalError; each such step is skipped (never applied), counted and
     logged."""
     lora_r: int = 8
+    """Rank of the teacher's LoRA adapters (meta_update="lora")."""
     lora_alpha: int = 16
+    """LoRA alpha of the teacher's adapters: their update is scaled by lora_alpha / lora_r."""
     lora_dropout: float = 0.0
     """Dropout on the teacher adapters' input (peft's ``lora_dropout``). It has no effect in metakd:
     every teacher pass of a step (soft labels, the meta forward, ``pilot="restore"``) runs in eval mode,
@@ -138,7 +189,9 @@ class DistillConfig:
     weight: the LLM-Neo setting. Works in every meta mode; with a meta-update it needs
     ``meta_grad="jvp"`` or ``"finite_diff"`` (``higher`` cannot patch peft's LoRA layers; refused)."""
     student_lora_r: int = 4
+    """student_lora: rank of the student's LoRA adapters."""
     student_lora_alpha: int = 8
+    """student_lora: LoRA alpha of the student's adapters (scaled by student_lora_alpha / student_lora_r)."""
     student_lora_target_modules: list[str] | None = None
     """None: the attention q/k/v projections of known architectures (query/key/value for BERT,
     c_attn for GPT-2, q_proj/k_proj/v_proj for Llama-style models)."""
@@ -164,16 +217,26 @@ class DistillConfig:
     examples: accuracy, mean entropy of its soft labels at ``temperature`` and KL(initial teacher
     || current teacher) (``metakd.teacher_stats``). None disables it."""
     batch_size: int = 32
+    """Training batch size: the global batch, divisible by the number of processes in a multi-process run."""
     quiz_batch_size: int | None = None
     """Quiz batch size; None uses batch_size."""
     eval_batch_size: int = 64
+    """Batch size of evaluation passes (no gradients)."""
     epochs: int = 1
+    """Passes over the training data (what is left after the quiz and validation splits are carved
+    out); max_steps ends the run earlier when it is reached first."""
     max_steps: int | None = None
     """Stop after this many optimizer steps (overrides epochs when reached first)."""
     eval_every: int | None = None
     """Evaluate on eval_data every k steps during fit (None: only at the end)."""
     max_length: int = 128
+    """Tokens per example: longer texts are truncated (pairs as the tokenizer truncates them);
+    causal_lm run files cut their corpus into blocks of this length. At most the models' position
+    table (max_position_embeddings), checked before any work."""
     seed: int = 0
+    """Seed of everything random in a run: adapter and feature-projection initialisation, the quiz
+    and validation splits, the shuffles, and each step's dropout (seeded from seed, the process rank
+    and the step number: metakd.rng). The same seed, data and settings give the same run."""
     checkpoint_every: int | None = None
     """Write a checkpoint every k steps (``fit(checkpoint_dir=...)``; run files: OUTPUT/checkpoint).
     One is written at the end and on SIGTERM/SIGINT too; None: only those."""
@@ -188,7 +251,20 @@ class DistillConfig:
     """"tensorboard": also write each step's scalars as TensorBoard events (``fit(log_dir=...)``;
     run files: OUTPUT/tensorboard; needs the ``tensorboard`` extra). None: only OUTPUT/log.jsonl."""
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> "DistillConfig":
+        obj = super().__new__(cls)
+        names = [f.name for f in fields(cls)]
+        obj._explicit = set(names[:len(args)]) | set(kwargs)  # what a recipe must not overwrite
+        return obj
+
     def __post_init__(self) -> None:
+        from .recipes import apply_recipe
+
+        try:
+            self.recipe_filled = apply_recipe(self, self._explicit)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        """The settings the recipe filled (``metakd.recipes``): the run prints them."""
         if self.feature_layers is not None:
             try:
                 self.feature_layers = {int(k): int(v) for k, v in dict(self.feature_layers).items()}
@@ -225,7 +301,9 @@ class DistillConfig:
         if self.report_to is not None:
             _choice("report_to", self.report_to, REPORT_TO)
         _positive("temperature", self.temperature)
-        _positive("pilot_lr", self.pilot_lr)
+        if self.pilot_lr != "student":
+            _positive("pilot_lr", self.pilot_lr)
+        _validate_teacher_objective(self)
         _positive("fd_epsilon", self.fd_epsilon)
         _positive("student_lr", self.student_lr)
         _positive("teacher_lr", self.teacher_lr)
@@ -332,6 +410,31 @@ class DistillConfig:
 
     def replace(self, **changes: Any) -> "DistillConfig":
         return dataclasses.replace(self, **changes)
+
+
+def _validate_teacher_objective(cfg: DistillConfig) -> None:
+    """The teacher-objective, recipe and guard settings."""
+    if cfg.recipe is not None:
+        from .recipes import RECIPES
+
+        _choice("recipe", cfg.recipe, tuple(RECIPES))
+    for name in ("meta_weight", "teacher_ce_weight", "teacher_student_weight", "teacher_anchor_weight"):
+        _non_negative(name, getattr(cfg, name))
+    if cfg.teacher_lr_ratio is not None:
+        _positive("teacher_lr_ratio", cfg.teacher_lr_ratio)
+    if cfg.quiz_batches != "all":
+        _positive_int("quiz_batches", cfg.quiz_batches)
+    ms = cfg.meta_start
+    if not ((isinstance(ms, int) and not isinstance(ms, bool) and ms >= 0)
+            or (isinstance(ms, float) and 0.0 < ms < 1.0)):
+        raise ConfigError(f"meta_start must be a step (an integer >= 0) or a share of the run in (0, 1), got {ms!r}")
+    _choice("quiz_loss", cfg.quiz_loss, QUIZ_LOSSES)
+    if cfg.quiz_loss == "margin" and cfg.task != "classification":
+        raise ConfigError("quiz_loss='margin' ranks classes of a classifier; task='causal_lm' needs quiz_loss='ce'")
+    if not isinstance(cfg.teacher_guard, bool):
+        raise ConfigError(f"teacher_guard must be true or false, got {cfg.teacher_guard!r}")
+    _positive("teacher_guard_points", cfg.teacher_guard_points)
+    _positive_int("teacher_guard_trips", cfg.teacher_guard_trips)
 
 
 def check_teacher_layers(spec: Any) -> None:

@@ -24,6 +24,8 @@ from .objective import DistillStudent, Objective
 from .quantization import check_meta_update, keep_differentiable
 from .rng import seeded
 from .sharing import structural_copy
+from .teacher_guard import TeacherGuard
+from .teacher_objective import TeacherTerms
 from .training import TrainingLoopMixin
 from .trunk import FrozenTrunk, resolve_teacher_layers
 from .vocab import shared_vocab_size
@@ -139,6 +141,10 @@ class MetaDistiller(MetaStepMixin, TrainingLoopMixin):
                 raise ModelError(f"teacher has {t_labels} labels but the student has {s_labels}")
             self.num_labels = s_labels or t_labels
         self.timer = timer
+        if cfg.recipe_filled:
+            from .recipes import describe
+
+            log.warning(describe(cfg.recipe, cfg.recipe_filled))
 
         # LoRA adapters and feature projections start from random weights: seed them by config,
         # so a run is reproducible from its seed alone, and leave the caller's RNG as it was
@@ -176,14 +182,22 @@ class MetaDistiller(MetaStepMixin, TrainingLoopMixin):
         self.trunk = self._frozen_trunk(feature_layers)
         self.objective = Objective(cfg.temperature, cfg.alpha, feature_layers, cfg.feature_weight,
                                    cfg.divergence, cfg.jsd_beta, task=cfg.task, lm_chunk_size=cfg.lm_chunk_size,
-                                   vocab_size=self.vocab_size)
+                                   vocab_size=self.vocab_size, quiz_loss=cfg.quiz_loss)
+        self.teacher_terms = TeacherTerms.from_config(cfg)
+        # p_T0 of the anchor term: the initial values of φ, swapped in for a no-grad forward
+        self.initial_phi = ({n: p.detach().clone() for n, p in self.teacher.named_parameters() if p.requires_grad}
+                            if self.phi and self.teacher_terms.needs_initial else None)
+        self.guard = TeacherGuard(self.phi, cfg.teacher_guard_points, cfg.teacher_guard_trips,
+                                  enabled=cfg.teacher_guard and cfg.meta_update != "none")
+        self.meta_start_step = cfg.meta_start if isinstance(cfg.meta_start, int) else None  # a share: fit resolves it
 
         self.student_params = [p for p in self._student.parameters() if p.requires_grad]
         if not self.student_params:
             raise ModelError("the student has no trainable parameters")
         self.student_optimizer = make_optimizer(cfg.student_optimizer, self.student_params, cfg.student_lr,
                                                 cfg.weight_decay)
-        self.teacher_optimizer = (make_optimizer(cfg.teacher_optimizer, self.phi, cfg.teacher_lr, cfg.weight_decay)
+        teacher_lr = cfg.student_lr * cfg.teacher_lr_ratio if cfg.teacher_lr_ratio is not None else cfg.teacher_lr
+        self.teacher_optimizer = (make_optimizer(cfg.teacher_optimizer, self.phi, teacher_lr, cfg.weight_decay)
                                   if self.phi else None)
 
     # ------------------------------------------------------------------ the live models

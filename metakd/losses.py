@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 
-DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "mse")
 
 
 def _log_probs(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
@@ -61,12 +61,22 @@ def kd_divergence(student_logits: Tensor, teacher_logits: Tensor, temperature: f
         return kd_reverse_kl(student_logits, teacher_logits, temperature)
     if divergence == "jsd":
         return kd_jsd(student_logits, teacher_logits, temperature, beta)
+    if divergence == "mse":
+        return _divergence_rows(student_logits, teacher_logits, temperature, "mse", beta).mean() * (
+            float(temperature) ** 2)
     raise ValueError(f"unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}")
 
 
 def hard_ce(student_logits: Tensor, labels: Tensor) -> Tensor:
     """Mean cross-entropy of the student's logits against integer labels."""
     return F.cross_entropy(student_logits.reshape(-1, student_logits.shape[-1]), labels.reshape(-1))
+
+
+def hard_margin(student_logits: Tensor, labels: Tensor, margin: float = 1.0) -> Tensor:
+    """Mean multi-class hinge loss (``F.multi_margin_loss``): zero once the right class leads every
+    other by ``margin``, so it rewards ranking the right class first, not confidence."""
+    return F.multi_margin_loss(student_logits.reshape(-1, student_logits.shape[-1]), labels.reshape(-1),
+                               margin=margin)
 
 
 def kd_loss(
@@ -159,7 +169,16 @@ def _divergence_rows(s: Tensor, t: Tensor, temperature: float, divergence: str, 
         log_m = torch.logsumexp(torch.stack([log_p_t + math.log(beta), log_p_s + math.log1p(-beta)]), dim=0)
         return (beta * (log_p_t.exp() * (log_p_t - log_m)).sum(-1)
                 + (1.0 - beta) * (log_p_s.exp() * (log_p_s - log_m)).sum(-1))
+    if divergence == "mse":  # MetaDistil's soft loss: torch's MSELoss on the softened probabilities
+        return (log_p_s.exp() - log_p_t.exp()).pow(2).mean(-1)
     raise ValueError(f"unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}")
+
+
+def divergence_rows(s: Tensor, t: Tensor, temperature: float, divergence: str = "forward_kl",
+                    beta: float = 0.5) -> Tensor:
+    """Per-row soft divergence of ``[N, V]`` student logits ``s`` from teacher logits ``t``, without
+    the T² factor (``forward_kl``: KL(softmax(t/T) ‖ softmax(s/T)))."""
+    return _divergence_rows(s, t, temperature, divergence, beta)
 
 
 def next_token_ce(logits: Tensor, labels: Tensor, chunk_size: int | None = 1024) -> Tensor:

@@ -106,7 +106,7 @@ class MetaStepMixin:
     def _step(self, batch: Mapping[str, Any], quiz_batch: Mapping[str, Any] | None) -> dict[str, float]:
         batch, quiz_batch = self.dist.shard(batch), self.dist.shard(quiz_batch)  # this process's rows
         cfg = self.config
-        is_meta = cfg.meta_update != "none" and self.steps_done % cfg.meta_every == 0
+        is_meta = cfg.meta_update != "none" and self.steps_done % cfg.meta_every == 0 and self.teacher_learns()
         if is_meta and quiz_batch is None:
             raise ValueError(f"meta_update={cfg.meta_update!r} needs a quiz_batch for the meta-step")
         batch = to_device(batch, self.device)
@@ -131,6 +131,44 @@ class MetaStepMixin:
         self.steps_done += 1
         self._count_bad_step(metrics)  # sets metrics["skipped"]; too many bad steps in a row raise NumericalError
         return metrics
+
+    def teacher_learns(self) -> bool:
+        """Whether the teacher learns at this step: past ``meta_start`` and not stopped by the guard."""
+        if self.guard.stopped:
+            return False
+        if self.meta_start_step is None:
+            raise ValueError(f"meta_start={self.config.meta_start} is a share of the run: fit resolves it; stepping "
+                             "by hand, give meta_start as a step number")
+        return self.steps_done >= self.meta_start_step
+
+    def pilot_lr(self) -> float:
+        """The pilot step's size: ``pilot_lr``, or the student's current learning rate ("student")."""
+        if self.config.pilot_lr == "student":
+            return float(self.student_optimizer.param_groups[0]["lr"])
+        return float(self.config.pilot_lr)
+
+    def _teacher_terms(self, batch: Mapping[str, Any], trunk: TrunkOutput | None) -> Any:
+        """The first-order terms of the teacher's objective on ``batch`` as the backends take them
+        (a function of the teacher's and the student's logits), or None when none is active."""
+        terms = self.teacher_terms
+        if not terms.active:
+            return None
+        initial = self._initial_teacher_logits(batch, trunk) if terms.needs_initial else None
+        mask = model_inputs(batch, "teacher").get("attention_mask") if self.config.task == "causal_lm" else None
+        v = self.vocab_size
+
+        def cut(x: Any) -> Any:  # the shared vocabulary of a causal LM, as the inner loss reads it
+            return x if x is None or v is None else x[..., :v]
+
+        return lambda teacher, student: terms.loss(cut(teacher), batch, cut(student), cut(initial), mask)
+
+    def _initial_teacher_logits(self, batch: Mapping[str, Any], trunk: TrunkOutput | None) -> torch.Tensor:
+        """The teacher as it was given (φ at its initial values) on ``batch``: no grad, one forward."""
+        from torch.func import functional_call
+
+        with torch.no_grad(), self.timer.phase("teacher_forward"), self.autocast(), self._reusing_trunk(trunk):
+            out = functional_call(self.teacher, self.initial_phi, args=(), kwargs=dict(model_inputs(batch, "teacher")))
+        return out.logits.detach()
 
     def _student_step(self, batch: Mapping[str, Any]) -> float:
         with torch.no_grad():
@@ -210,10 +248,11 @@ class MetaStepMixin:
             return meta_gradient(cfg.meta_grad, MetaProblem(
                 student=self._student, params=self.student_params, objective=self.objective,
                 teacher_out=t_out, batch=batch, quiz_batch=quiz_batch, phi=self.phi,
-                pilot_lr=cfg.pilot_lr, unroll_steps=cfg.unroll_steps, pilot_optimizer=cfg.pilot_optimizer,
+                pilot_lr=self.pilot_lr(), unroll_steps=cfg.unroll_steps, pilot_optimizer=cfg.pilot_optimizer,
                 fd_epsilon=cfg.fd_epsilon, fd_scheme=cfg.fd_scheme, timer=self.timer,
                 reduce=self.dist.all_reduce_mean if self.dist.distributed else None,
                 autocast=self.autocast, loss_scale=self._loss_scale(),
+                meta_weight=cfg.meta_weight, teacher_terms=self._teacher_terms(batch, trunk),
             ))
 
     def _meta_update(self, batch: Mapping[str, Any], quiz_batch: Mapping[str, Any]) -> dict[str, float]:
@@ -245,7 +284,8 @@ class MetaStepMixin:
             self.teacher_optimizer.step()
             self.teacher_optimizer.zero_grad(set_to_none=True)
 
-        out = {"inner_loss": result.inner_loss, "quiz_loss": result.quiz_loss, "teacher_grad_norm": grad_norm}
+        out = {"inner_loss": result.inner_loss, "quiz_loss": result.quiz_loss, "teacher_grad_norm": grad_norm,
+               **result.terms}
         if cfg.pilot == "restore":
             with self._reusing_trunk(trunk):  # the trunk did not change: recompute the learning blocks only
                 out["student_loss"] = self._student_step(batch)

@@ -42,7 +42,7 @@ class DistillStudent(nn.Module):
 
 class Objective:
     """Inner loss ``alpha·T²·D + (1−alpha)·CE + feature_weight·L_feat`` (D: forward KL, reverse KL
-    or generalized JSD) and quiz loss ``CE``.
+    or generalized JSD) and quiz loss ``CE`` (or the multi-class hinge, ``quiz_loss="margin"``).
 
     ``task="causal_lm"``: D and CE are token-level over real (non-padding) positions, CE on the
     next token, computed ``lm_chunk_size`` positions at a time (``losses.token_kd_loss``);
@@ -52,8 +52,10 @@ class Objective:
 
     def __init__(self, temperature: float, alpha: float, feature_layers: Mapping[int, int] | None,
                  feature_weight: float, divergence: str = "forward_kl", jsd_beta: float = 0.5,
-                 task: str = "classification", lm_chunk_size: int | None = 1024, vocab_size: int | None = None):
+                 task: str = "classification", lm_chunk_size: int | None = 1024, vocab_size: int | None = None,
+                 quiz_loss: str = "ce"):
         self.task = task
+        self.quiz_loss = quiz_loss
         self.lm_chunk_size = lm_chunk_size
         self.vocab_size = vocab_size
         self.temperature = temperature
@@ -99,7 +101,10 @@ class Objective:
         return torch.stack(terms).mean()
 
     def quiz(self, student: Outputs, batch: Mapping[str, Any]) -> Tensor:
-        """Hard-label CE of the student on the quiz batch (next-token CE for a causal LM)."""
+        """Hard-label CE of the student on the quiz batch (next-token CE for a causal LM), or with
+        ``quiz_loss="margin"`` the multi-class hinge loss."""
         if self.task == "causal_lm":
             return losses.next_token_ce(upcast(student.logits), batch["labels"], self.lm_chunk_size)
+        if self.quiz_loss == "margin":
+            return losses.hard_margin(upcast(student.logits), batch["labels"])
         return losses.hard_ce(upcast(student.logits), batch["labels"])

@@ -38,6 +38,14 @@ def best_validation(history: dict[str, list], task: str = "classification") -> d
     return {"step": best["step"], "validation": best, "eval": at}
 
 
+_POSTFIX = {"quiz_loss": "quiz", "teacher_ce": "t_ce", "teacher_student_kl": "t_kl_s", "teacher_anchor_kl": "t_kl0"}
+
+
+def _teacher_postfix(metrics: dict[str, float]) -> dict[str, str]:
+    """The teacher objective's terms of a meta-step, short, for the progress bar."""
+    return {short: f"{metrics[key]:.3f}" for key, short in _POSTFIX.items() if key in metrics}
+
+
 @contextmanager
 def _closing(steplog: StepLog | None) -> Iterator[None]:
     try:
@@ -138,12 +146,14 @@ class TrainingLoopMixin:
         # where this fit starts: a checkpoint keeps it, so a resume replays the same batches
         self._fit_start = {"step": self.steps_done, **{k: g.get_state() for k, g in shuffle.items()}}
         train_loader = self._loader(train_data, cfg.batch_size, shuffle["train"])
-        quiz_iter = (self._cycle(self._loader(quiz_data, cfg.quiz_batch_size or cfg.batch_size, shuffle["quiz"]))
+        quiz_iter = (self._cycle(self._loader(quiz_data, self._quiz_rows(quiz_data), shuffle["quiz"]))
                      if quiz_data is not None and cfg.meta_update != "none" else None)
         steps_per_epoch = len(train_loader)
         total = steps_per_epoch * cfg.epochs
         if cfg.max_steps is not None:
             total = min(total, cfg.max_steps) if steps_per_epoch else cfg.max_steps
+        if not isinstance(cfg.meta_start, int):  # a share of this fit's steps
+            self.meta_start_step = self.steps_done + int(round(cfg.meta_start * total))
         history: dict[str, Any] = {"train": [], "eval": []}
         if validation_data is not None:
             history["validation"] = []
@@ -167,6 +177,7 @@ class TrainingLoopMixin:
             else:
                 log.warning("no checkpoint in %s: starting from the beginning", checkpoint_dir)
         done = replay
+        self._begin_guard(validation_data, done)
         steplog = self._step_log(log_dir, total, self.steps_done if resume else None)  # lines are by global step
         bar = tqdm(total=total, initial=done, desc=f"distil ({cfg.meta_update})", disable=not cfg.progress, leave=False)
         with ckpt.StopSignals(enabled=checkpoint_dir is not None) as stop, _closing(steplog):
@@ -189,7 +200,7 @@ class TrainingLoopMixin:
                     bar.update(1)
                     line = self._log_step(steplog, metrics, done)  # before the schedules move: this step's rates
                     step_schedulers(self)
-                    bar.set_postfix(loss=f"{metrics['student_loss']:.3f}",
+                    bar.set_postfix(loss=f"{metrics['student_loss']:.3f}", **_teacher_postfix(metrics),
                                     **({"eta": format_eta(line["eta_seconds"])} if line else {}))
                     if cfg.eval_every and done % cfg.eval_every == 0 and done < total:
                         self._evaluate_point(done, history, eval_data, validation_data, tracker)
@@ -210,7 +221,30 @@ class TrainingLoopMixin:
         self._evaluate_point(done, history, eval_data, validation_data, tracker, final=True)
         if validation_data is not None:
             history["best"] = best_validation(history, cfg.task)
+        if self.guard.enabled:
+            history["teacher_guard"] = self.guard.summary()
+            line = self.guard.final_line()
+            if line:
+                log.warning(line)
         return history
+
+    def _quiz_rows(self, quiz_data: Any) -> int:
+        """Rows of one meta-step's quiz batch: ``quiz_batches`` quiz batches' worth, or the whole split."""
+        cfg = self.config
+        if cfg.quiz_batches == "all":
+            return max(1, len(quiz_data)) if not isinstance(quiz_data, DataLoader) else cfg.batch_size
+        return (cfg.quiz_batch_size or cfg.batch_size) * int(cfg.quiz_batches)
+
+    def _begin_guard(self, validation_data: Any, step: int) -> None:
+        """Score the teacher as given on the validation split (the guard's start; meta modes only)."""
+        if not self.guard.enabled:
+            return
+        if validation_data is None:
+            if self.guard.start_accuracy is None:
+                log.warning("teacher guard: no validation split (set validation_fraction > 0), so it cannot watch "
+                            "the teacher in this run")
+            return
+        self.guard.begin(lambda: self.evaluate(validation_data, model="teacher")["accuracy"], step)
 
     def _evaluate_point(self, step: int, history: dict[str, Any], eval_data: Any, validation_data: Any,
                         tracker: Any, final: bool = False) -> None:
@@ -227,7 +261,10 @@ class TrainingLoopMixin:
                 point.update(tracker.stats())
             history["eval"].append(point)
         if validation_data is not None:
-            history["validation"].append({"step": step, **self.evaluate(validation_data)})
+            point = {"step": step, **self.evaluate(validation_data)}
+            point.update(self.guard.check(step, lambda: self.evaluate(validation_data, model="teacher")["accuracy"],
+                                          self.teacher_optimizer, getattr(self, "teacher_scheduler", None)))
+            history["validation"].append(point)
 
 
     def _step_log(self, log_dir: str | Path | None, total: int, resume_step: int | None) -> StepLog | None:

@@ -54,6 +54,13 @@ class MetaProblem:
     autocast: Callable[[], ContextManager[Any]] = nullcontext
     """A fresh mixed-precision context (``precision.autocast``) entered around every student forward
     and loss of the backend; the backwards run outside it. ``nullcontext``: the weights' precision."""
+    meta_weight: float = 1.0
+    """Weight of the quiz loss in the teacher's objective (its gradient at the teacher's outputs is
+    scaled by it before the teacher backward)."""
+    teacher_terms: Callable[[Tensor, Tensor | None], tuple[Tensor, dict[str, float]]] | None = None
+    """The first-order terms of the teacher's objective (``metakd.teacher_objective``) as a function of
+    the teacher's logits on ``batch`` and the student's logits at θ there: (loss, values). Their
+    gradient at the logits joins the quiz loss's, and one backward through the teacher carries both."""
     loss_scale: float = 1.0
     """fp16 loss scaling (a GradScaler's scale): the seeds of the pilot, quiz and teacher backwards are
     multiplied by it and their gradients divided by it, so small fp16 gradients do not underflow."""
@@ -65,6 +72,7 @@ class MetaResult:
     inner_loss: float                   # L_in at θ (the first pilot step)
     quiz_loss: float                    # L_quiz at θ'
     pilot_grads: list[Tensor]           # ∇_θ L_in(θ, z_T(φ)), detached: the real step of pilot="reuse"
+    terms: dict[str, float] = field(default_factory=dict)  # the teacher objective's first-order terms
 
 
 # ---------------------------------------------------------------------------- data parallel
@@ -95,19 +103,41 @@ def detached_outputs(out: Outputs) -> Outputs:
                    {k: upcast(v.detach()).requires_grad_(True) for k, v in out.hidden.items()})
 
 
-def teacher_backward(problem: MetaProblem, z_grads: list[Tensor | None]) -> list[Tensor]:
-    """``∇_φ L_quiz = J_T(φ)ᵀ · ∇_{z_T} L_quiz``: one ordinary backward through the teacher."""
+def teacher_backward(problem: MetaProblem, z_grads: list[Tensor | None], student_logits: Tensor | None = None
+                     ) -> tuple[list[Tensor], dict[str, float]]:
+    """``∇_φ L_T = J_T(φ)ᵀ · (meta_weight·∇_{z_T} L_quiz + ∇_{z_T} L_terms)``: one ordinary backward
+    through the teacher, with the gradient of the first-order terms (``problem.teacher_terms``, given
+    the student's logits at θ on the batch) added at the logits. Returns the gradients and the terms."""
+    z_grads, terms = _with_terms(problem, z_grads, student_logits)
     with problem.timer.phase("teacher_backward"):
         pairs = [(t, g) for t, g in zip(output_tensors(problem.teacher_out), z_grads)
                  if g is not None and t.requires_grad]
         if not pairs:
-            return reduced(problem, [torch.zeros_like(p) for p in problem.phi])  # every process joins the reduce
+            return reduced(problem, [torch.zeros_like(p) for p in problem.phi]), terms  # every process joins
         scale = problem.loss_scale
         grads = torch.autograd.grad([t for t, _ in pairs], problem.phi,
                                     [(g * scale if scale != 1.0 else g).to(t.dtype) for t, g in pairs],
                                     allow_unused=True)
         return reduced(problem, [_unscale(g, scale) if g is not None else torch.zeros_like(p)
-                                 for g, p in zip(grads, problem.phi)])
+                                 for g, p in zip(grads, problem.phi)]), terms
+
+
+def _with_terms(problem: MetaProblem, z_grads: list[Tensor | None], student_logits: Tensor | None
+                ) -> tuple[list[Tensor | None], dict[str, float]]:
+    """The seeds of the teacher backward: the quiz loss's gradient at the teacher's outputs times
+    ``meta_weight``, plus the first-order terms' gradient at the logits (exact: they are functions of
+    the logits alone)."""
+    w = problem.meta_weight
+    seeds = [g if g is None or w == 1.0 else g * w for g in z_grads]
+    if problem.teacher_terms is None:
+        return seeds, {}
+    with problem.timer.phase("teacher_terms"), torch.enable_grad():
+        logits = upcast(problem.teacher_out.logits.detach()).requires_grad_(True)
+        loss, terms = problem.teacher_terms(logits, student_logits)
+        d_logits = torch.autograd.grad(loss, logits, allow_unused=True)[0] if loss.requires_grad else None
+    if d_logits is not None:
+        seeds[0] = d_logits if seeds[0] is None else seeds[0] + d_logits
+    return seeds, terms
 
 
 def _scaled(loss: Tensor, scale: float) -> Tensor:

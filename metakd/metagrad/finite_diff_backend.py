@@ -48,7 +48,8 @@ def finite_diff_meta_gradient(problem: MetaProblem) -> MetaResult:
     forward = problem.fd_scheme == "forward"
     teacher = detached_outputs(problem.teacher_out)
     names = param_names(problem)
-    inner, pilot_grads, rng, at_theta = pilot_gradient_with_outputs(problem, teacher, keep_outputs=forward)
+    inner, pilot_grads, rng, at_theta = pilot_gradient_with_outputs(problem, teacher,
+                                                                  keep_outputs=forward or problem.teacher_terms is not None)
     quiz, g = quiz_gradient(problem, names, pilot_grads)
     with problem.timer.phase("directional_derivative"):
         norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x) for x in g])))
@@ -71,7 +72,7 @@ def finite_diff_meta_gradient(problem: MetaProblem) -> MetaResult:
                 diff = (problem.objective.inner(sides[0], teacher, problem.batch)
                         - problem.objective.inner(sides[1], teacher, problem.batch)) / (2 * eps)
             z_grads = loss_gradient_wrt_teacher(problem, diff, teacher)
-    phi_grads = teacher_backward(problem, z_grads)
+    phi_grads, terms = teacher_backward(problem, z_grads, at_theta.logits if at_theta is not None else None)
     if not math.isfinite(norm):  # a NaN/inf quiz gradient: say so (the step guard skips the update), never zero
         phi_grads = [torch.full_like(x, float("nan")) for x in phi_grads]
-    return MetaResult(phi_grads, inner, quiz, pilot_grads)
+    return MetaResult(phi_grads, inner, quiz, pilot_grads, terms)

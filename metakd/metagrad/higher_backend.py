@@ -71,13 +71,16 @@ def higher_meta_gradient(problem: MetaProblem) -> MetaResult:
         with problem.timer.phase("pilot"):
             for step in range(problem.unroll_steps):
                 with problem.autocast():
-                    inner = problem.objective.inner(fstudent(problem.batch), teacher, problem.batch)
+                    out = fstudent(problem.batch)
+                    inner = problem.objective.inner(out, teacher, problem.batch)
                 if step == 0:
                     first["inner"] = float(inner.detach())
+                    first["logits"] = out.logits.detach()  # the student at θ: the teacher objective's KL(p_S ‖ p_T)
                 diffopt.step(inner, grad_callback=keep_first_grads)
         with problem.timer.phase("quiz"):
             with problem.autocast():
                 quiz = problem.objective.quiz(fstudent(problem.quiz_batch), problem.quiz_batch)
         with problem.timer.phase("directional_derivative"):  # the backward through the unrolled pilot
             z_grads = list(torch.autograd.grad(quiz, output_tensors(teacher), allow_unused=True))
-    return MetaResult(teacher_backward(problem, z_grads), first["inner"], float(quiz.detach()), first["grads"])
+    phi_grads, terms = teacher_backward(problem, z_grads, first.get("logits"))
+    return MetaResult(phi_grads, first["inner"], float(quiz.detach()), first["grads"], terms)

@@ -38,4 +38,5 @@ def jvp_meta_gradient(problem: MetaProblem) -> MetaResult:
         tangents = output_tensors(Outputs(u_logits, u_hidden))
         directional = sum((d * u).sum() for d, u in zip(d_student, tangents) if d is not None)
         z_grads = loss_gradient_wrt_teacher(problem, directional, teacher)
-    return MetaResult(teacher_backward(problem, z_grads), inner, quiz, pilot_grads)
+    phi_grads, terms = teacher_backward(problem, z_grads, logits)  # the student's logits at θ (pilot masks)
+    return MetaResult(phi_grads, inner, quiz, pilot_grads, terms)
