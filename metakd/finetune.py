@@ -3,12 +3,14 @@ cache the result on disk so later runs start at once."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -22,6 +24,10 @@ from .atomic import directory_mode, follow_umask
 from .forward import model_inputs
 from .losses import next_token_ce
 from .rng import restore_global_rng
+
+
+REPORT_SECONDS = 60.0
+"""Without a progress bar, ``metakd finetune-teacher`` says where it is this often (seconds)."""
 
 
 def cache_dir() -> Path:
@@ -54,8 +60,14 @@ def finetune_classifier(model: nn.Module, train: Sequence, *, epochs: int = 2, l
                         pad_id: int = 0, progress: bool = True, task: str = "classification",
                         max_steps: int | None = None, checkpoint_dir: str | Path | None = None,
                         checkpoint_every: int | None = None, settings: dict[str, Any] | None = None,
-                        log: Callable[[str], None] | None = None) -> list[float]:
+                        log: Callable[[str], None] | None = None, log_dir: str | Path | None = None,
+                        report_every: float | None = None) -> list[float]:
     """Plain supervised fine-tuning with AdamW and linear warm-up/decay; returns the step losses.
+
+    ``log_dir``: one JSON line per step in ``log_dir/teacher_log.jsonl`` (``metakd.step_log``:
+    loss, learning rate, seconds, memory, energy, ETA; a resume keeps the lines before its step).
+    ``report_every`` (seconds, with ``log``): a progress line at most that often and after the
+    last step, for runs without a progress bar (``--no-progress``, logs of batch jobs).
 
     ``task="causal_lm"`` trains on next-token cross-entropy over LM blocks (``data.encode_lm``).
 
@@ -98,8 +110,15 @@ def finetune_classifier(model: nn.Module, train: Sequence, *, epochs: int = 2, l
                 f"({', '.join(differ[:4])}); fine-tuning from the start")
     model.train()
     done = replay
+    steplog = None
+    if log_dir is not None:
+        from .step_log import FINETUNE_LOG_FILE, StepLog
+
+        steplog = StepLog(log_dir, device, total, resume_step=done if done else None, filename=FINETUNE_LOG_FILE)
+    reporter = _Reporter(log, report_every, total, done) if log is not None and report_every is not None else None
     with tqdm(total=total, initial=done, desc="fine-tune teacher", disable=not progress, leave=False) as bar, \
-            ckpt.StopSignals(enabled=checkpoint_dir is not None) as stop:
+            ckpt.StopSignals(enabled=checkpoint_dir is not None) as stop, \
+            (contextlib.closing(steplog) if steplog is not None else contextlib.nullcontext()):
         for _ in range(max(epochs, 1)):
             for batch in loader:
                 if replay:  # the batches the checkpointed steps took
@@ -110,6 +129,8 @@ def finetune_classifier(model: nn.Module, train: Sequence, *, epochs: int = 2, l
                 if done >= total:
                     break
                 batch = {k: v.to(device) for k, v in batch.items()}
+                if steplog is not None:
+                    steplog.begin()
                 out = model(**model_inputs(batch, "teacher"))
                 if task == "causal_lm":
                     loss = next_token_ce(out.logits, batch["labels"])
@@ -119,11 +140,15 @@ def finetune_classifier(model: nn.Module, train: Sequence, *, epochs: int = 2, l
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
-                schedule.step()
                 losses.append(float(loss.detach()))
                 done += 1
+                if steplog is not None:  # before the schedule moves on: the rate this step used
+                    steplog.end({"loss": losses[-1]}, {"teacher": optimizer}, done)
+                schedule.step()
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
+                if reporter is not None:
+                    reporter.step(done, losses[-1])
                 if checkpoint_dir is not None and (stop.signal or (checkpoint_every and done % checkpoint_every == 0
                                                                    and done < total)):
                     save_finetune_checkpoint(checkpoint_dir, model, optimizer, schedule, done, losses, settings)
@@ -131,6 +156,30 @@ def finetune_classifier(model: nn.Module, train: Sequence, *, epochs: int = 2, l
                     raise ckpt.TrainingInterrupted(stop.signal, done, checkpoint_dir)
     model.eval()
     return losses
+
+
+class _Reporter:
+    """Progress lines for a run without a bar: at most one every ``every`` seconds (the first
+    after ``every`` seconds), and one after the last step; each with the mean loss since the
+    previous line, the speed and the time left."""
+
+    def __init__(self, log: Callable[[str], None], every: float, total: int, done: int):
+        self.log, self.every, self.total = log, float(every), total
+        self.start = self.last = time.monotonic()
+        self.first, self.losses = done, []
+
+    def step(self, done: int, loss: float) -> None:
+        from .step_log import format_eta
+
+        self.losses.append(loss)
+        now = time.monotonic()
+        if now - self.last < self.every and done < self.total:
+            return
+        rate = (done - self.first) / max(now - self.start, 1e-9)
+        left = format_eta((self.total - done) / rate) if rate > 0 else "?"
+        self.log(f"fine-tune teacher: step {done}/{self.total}, loss {sum(self.losses) / len(self.losses):.4f} "
+                 f"(mean of the last {len(self.losses)}), {rate:.2f} steps/s, {left} left")
+        self.last, self.losses = now, []
 
 
 def evaluate_model(model: nn.Module, data: Sequence, batch_size: int = 64, pad_id: int = 0,

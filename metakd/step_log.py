@@ -16,6 +16,9 @@ from .config import ConfigError
 from .telemetry import EnergyMeter, cpu_seconds, peak_rss_bytes
 
 LOG_FILE = "log.jsonl"
+FINETUNE_LOG_FILE = "teacher_log.jsonl"
+"""The teacher's fine-tuning steps (``finetune-teacher``, or ``distill`` fine-tuning a teacher
+first): beside ``log.jsonl``, which the distillation that may follow in the same run rewrites."""
 TENSORBOARD_DIR = "tensorboard"
 
 
@@ -57,13 +60,14 @@ class StepLog:
     - ``eta_seconds``: the mean time of the steps after the first, times the steps left.
 
     ``resume_step``: continue a log whose run resumed at that step (lines at or after it, written
-    after the checkpoint, are dropped); None starts a new log."""
+    after the checkpoint, are dropped); None starts a new log. ``filename``: the log's name in
+    ``directory`` (``FINETUNE_LOG_FILE`` for the teacher's fine-tuning)."""
 
     def __init__(self, directory: str | Path, device: torch.device | str, total_steps: int,
-                 report_to: str | None = None, resume_step: int | None = None):
+                 report_to: str | None = None, resume_step: int | None = None, filename: str = LOG_FILE):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.path = self.directory / LOG_FILE
+        self.path = self.directory / filename
         self.device = torch.device(device)
         self.total = int(total_steps)
         kept = self._kept_lines(resume_step)
@@ -120,6 +124,7 @@ class StepLog:
         energy = self._meter.estimate(cpu_seconds() - cpu0) if estimated else energy1 - energy0
         line: dict[str, Any] = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         line["step"] = int(metrics.get("step", steps_done - 1))
+        line.setdefault("seconds", seconds)  # the distiller's steps time themselves; others are timed here
         for name, opt in optimizers.items():
             if opt is not None:
                 line[f"lr_{name}"] = float(opt.param_groups[0]["lr"])
@@ -149,10 +154,10 @@ class StepLog:
             self._writer.close()
 
 
-def read_log(directory: str | Path) -> list[dict[str, Any]]:
-    """The lines of ``DIR/log.jsonl`` as dicts."""
-    return [json.loads(line) for line in (Path(directory) / LOG_FILE).read_text(encoding="utf-8").splitlines() if line]
+def read_log(directory: str | Path, filename: str = LOG_FILE) -> list[dict[str, Any]]:
+    """The lines of ``DIR/log.jsonl`` (or ``DIR/filename``) as dicts."""
+    return [json.loads(line) for line in (Path(directory) / filename).read_text(encoding="utf-8").splitlines() if line]
 
 
-__all__ = ["LOG_FILE", "StepLog", "TENSORBOARD_DIR", "check_report_to", "format_eta", "read_log",
+__all__ = ["FINETUNE_LOG_FILE", "LOG_FILE", "StepLog", "TENSORBOARD_DIR", "check_report_to", "format_eta", "read_log",
            "tensorboard_writer_class"]
