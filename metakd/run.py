@@ -489,7 +489,7 @@ def finetune_teacher(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     a rerun continues from there."""
     import shutil
 
-    from .finetune import cache_key, finetune_classifier, step_plan
+    from .finetune import REPORT_SECONDS, cache_key, finetune_classifier, step_plan
     from .label_names import set_label_names
     from .teacher_cache import RECORD, cached_teacher, copy_teacher, store_teacher, teacher_origin
     from .telemetry import measure
@@ -534,7 +534,7 @@ def finetune_teacher(run: RunConfig, progress: bool = True) -> dict[str, Any]:
                             seed=run.distill.seed, pad_id=pad, progress=progress, task=run.task,
                             max_steps=ft["max_steps"], checkpoint_dir=checkpoints,
                             checkpoint_every=run.distill.checkpoint_every, settings={"origin": cache_key(**origin)},
-                            log=_log)
+                            log=_log, log_dir=run.output, report_every=None if progress else REPORT_SECONDS)
     scores = evaluate_model_on(run, model, encoded["eval"], pad)
     target = run.teacher_dir
     report = {"teacher": run.teacher, "saved": str(target), "eval": scores, "train": m.to_dict(),
