@@ -41,11 +41,17 @@ class RunConfig:
     "alternate", "first:k", "last:k", or "random:key=value,..." (a re-sized random model of the
     teacher's architecture, e.g. random:num_hidden_layers=2,hidden_size=192,intermediate_size=768)."""
     task: str = "classification"
+    """Sets distill.task: "classification" or "causal_lm"."""
     data: str | dict[str, str] = "embedded"
     """A data spec of metakd.data: a file, a directory, {train: PATH, eval: PATH}, a hub name
-    ("glue/sst2"), or "embedded" (README: "Describing your data")."""
+    ("glue/sst2"), or "embedded" (docs/data.md: "Describing your data")."""
     text_column: str | int | list | None = None
+    """The text column of the data, by name or 0-based position; for sentence pairs two of them
+    ("question,sentence" or a list). None: the first known pair or text column present (sentence1/
+    sentence2, question/sentence, ..., sentence, text, review, content)."""
     label_column: str | int | None = None
+    """The label column, by name or 0-based position. None: the first of label, labels, target,
+    sentiment, gold_label, is_duplicate, Quality."""
     header: bool | None = None
     """Delimited files: whether the first row is a header (null: decided from evidence, reported)."""
     label_map: dict[str, str] = field(default_factory=dict)
@@ -53,9 +59,11 @@ class RunConfig:
     n_train: int | None = None
     """A seeded subset of the training split (None: all); the quiz split is carved from it."""
     n_eval: int | None = None
+    """A seeded subset of the evaluation split (None: all)."""
     teacher_bits: int | None = None
     """4 or 8: load the teacher quantized (bitsandbytes); the meta-update must then be "lora"."""
     teacher_quant_type: str = "nf4"
+    """With teacher_bits: 4, the 4-bit data type: "nf4" or "fp4"."""
     teacher_dtype: str | None = None
     """"fp32", "bf16" or "fp16": load the (unquantized) teacher's weights in this dtype (e.g.
     ``--set teacher_dtype=bf16`` halves an LLM teacher's memory); None: float32."""
@@ -66,7 +74,10 @@ class RunConfig:
     generation_tokens: int = 32
     """causal_lm: new tokens per prompt when measuring generation speed."""
     output: str = "runs/metakd"
+    """Output directory: the fine-tuned teacher (OUTPUT/teacher), the distilled models
+    (OUTPUT/distilled), metrics.json, log.jsonl and checkpoints."""
     distill: DistillConfig = field(default_factory=DistillConfig)
+    """The DistillConfig, under ``distill:`` (its keys are listed above)."""
     compress: CompressConfig = field(default_factory=CompressConfig)
     """``metakd compress``: pruning, recovery distillation and quantization of the distilled student."""
 
