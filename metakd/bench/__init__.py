@@ -5,6 +5,7 @@ BENCHMARKS = {
     "meta-update": "metakd.bench.meta_update",
     "meta-grad": "metakd.bench.meta_grad",
     "meta-step-cost": "metakd.bench.meta_step_cost",
+    "teacher-terms": "metakd.bench.teacher_terms",
     "profile-meta-step": "metakd.bench.profile_meta_step",
     "lm-chunking": "metakd.bench.lm_chunking",
     "quantized-teacher": "metakd.bench.quantized_teacher",
@@ -15,5 +16,6 @@ BENCHMARKS = {
     "scaling": "metakd.bench.scaling",
     "compression": "metakd.bench.compression",
     "quality": "metakd.bench.quality",
+    "anchored": "metakd.bench.anchored",
     "gpu": "metakd.bench.gpu",
 }

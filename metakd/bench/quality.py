@@ -5,19 +5,22 @@ validation split and the controls that explain the answer.
     metakd bench quality [--quick] [--seeds 0,1,2,3,4] [--jobs 2] [--threads 1] [--modes none,lora,full]
                          [--lora-teacher-lrs ...] [--full-teacher-lrs ...] [--pilot-lrs ...] [--lora-ranks ...]
                          [--lora-pilot-lrs ...] [--full-pilot-lrs ...]
-                         [--grid-seed 0] [--controls frozen,temperature] [--control-modes full] [--control-seeds ...]
+                         [--grid-seed 100] [--controls frozen,temperature] [--control-modes full] [--control-seeds ...]
                          [--lora-teacher-layers all,top:2] [--name quality]
                          [--config RUN.yaml] [--set key=value] [--steps N] [--eval-every N]
 
-1. Grid (one seed, ``--grid-seed``): every meta mode with each combination of its teacher_lr
-   (``--lora-teacher-lrs``/``--full-teacher-lrs``), ``--pilot-lrs`` (or, per mode,
+1. Grid (one seed, ``--grid-seed``, never among ``--seeds``): every meta mode with each combination
+   of its teacher_lr (``--lora-teacher-lrs``/``--full-teacher-lrs``), ``--pilot-lrs`` (or, per mode,
    ``--lora-pilot-lrs``/``--full-pilot-lrs``) and, for LoRA, ``--lora-ranks``; the combination with
    the best validation accuracy (``history["best"]``, the validation split carved from the training
    data: never the evaluation data) is used for every seed. A mode given one value of each runs no
    grid: those values are used as given (e.g. the choice of an earlier grid), and the report says so.
-2. Main: every mode x seed. Same seed = same student init, same batches, same quiz and validation
-   split. Every run scores the student on the evaluation and validation data every ``eval_every``
-   steps and the teacher (``track_teacher``: accuracy, soft-label entropy, KL(initial || current)).
+   The grid runs only choose: none of them is compared (a best-of-grid meta run paired with a single
+   plain-KD run would favour meta), so the grid seed must not be a compared seed.
+2. Main: every mode x seed of ``--seeds``, each run afresh with the chosen values. Same seed = same
+   student init, same batches, same quiz and validation split. Every run scores the student on the
+   evaluation and validation data every ``eval_every`` steps and the teacher (``track_teacher``:
+   accuracy, soft-label entropy, KL(initial || current)).
    ``--lora-teacher-layers all,top:2`` adds, per seed, a LoRA arm whose adapters go only into the
    named teacher blocks (``teacher_layers``), with the LoRA values the grid chose; it is compared
    with plain KD and, paired by seed, with LoRA on every block.
@@ -53,6 +56,7 @@ from .report import markdown_table, print_report, run_worker, serve_worker, writ
 from .stats import paired_difference
 
 NAME = "quality"
+GRID_SEED = 100  # the grid's default seed: outside the default compared seeds (0-4; quick 0, 1)
 MODES = ("none", "lora", "full")
 LABELS = {"none": "plain KD", "lora": "LoRA meta-KD", "full": "full meta-KD",
           "frozen": "plain KD, final {m} teacher frozen", "temperature": "plain KD, T matched to {m} entropy",
@@ -133,7 +137,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-pilot-lrs", type=_floats, help="pilot_lr grid of LoRA meta-KD (default: --pilot-lrs)")
     p.add_argument("--full-pilot-lrs", type=_floats, help="pilot_lr grid of full meta-KD (default: --pilot-lrs)")
     p.add_argument("--lora-ranks", type=_ints, help="LoRA rank grid (lora_alpha = 2 x rank; default 4,16; quick 4)")
-    p.add_argument("--grid-seed", type=int, default=0, help="the seed of the grid runs (default: %(default)s)")
+    p.add_argument("--grid-seed", type=int, default=GRID_SEED,
+                   help="the seed of the grid runs, not one of --seeds: the grid runs choose the meta "
+                        "hyper-parameters and are not compared (default: %(default)s)")
     p.add_argument("--controls", type=_choices(CONTROLS, empty_ok=True), default=list(CONTROLS),
                    help="controls to run: frozen,temperature or none (default: both)")
     p.add_argument("--control-modes", type=_choices(("lora", "full")), default=["full"],
@@ -170,6 +176,10 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     for key, value in grid.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.grid_seed in args.seed_list and _runs_grid(args):
+        p.error(f"--grid-seed {args.grid_seed} is among --seeds {args.seeds}: the grid's runs choose the meta "
+                "hyper-parameters, so its seed must not be a compared one (a best-of-grid meta run paired with one "
+                "plain-KD run favours meta); give a --grid-seed outside --seeds")
     args.control_seeds_list = (list(args.seed_list) if args.control_seeds is None
                                else sweep.parse_seeds(p, "--control-seeds", args.control_seeds))
     if not set(args.control_seeds_list) <= set(args.seed_list):
@@ -209,6 +219,14 @@ def base_run(args: argparse.Namespace):
 
 
 # ---------------------------------------------------------------------------- the runs
+def _runs_grid(args: argparse.Namespace) -> bool:
+    """Whether a meta mode has more than one combination to try (else no grid runs)."""
+    counts: dict[str, int] = {}
+    for v in grid_variants(args):
+        counts[v["mode"]] = counts.get(v["mode"], 0) + 1
+    return any(c > 1 for c in counts.values())
+
+
 def grid_variants(args: argparse.Namespace) -> list[dict[str, Any]]:
     """One entry per meta mode x grid combination: ``{"mode", "values"}`` (the distill settings)."""
     out = []
@@ -313,6 +331,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         "temperature": run.distill.temperature, "steps": result["steps"], "train": result["train"],
         "median_step_seconds": statistics.median(seconds) if seconds else None,
         "eval_curve": history["eval"], "validation_curve": history.get("validation", []),
+        "teacher_guard": history.get("teacher_guard"),
         "kept_teacher": spec.get("keep_teacher"), "wall_seconds": time.perf_counter() - start}
 
 
@@ -641,13 +660,12 @@ def _study(args, run, teacher, work: Path, timing: dict[str, float]) -> int:
     def keep(mode: str, seed: int, tag: str) -> str | None:
         return str(work / f"{mode}-{seed}-{tag}") if mode in keep_modes else None
 
-    # 1. the grid, on one seed
+    # 1. the grid, on a seed of its own (not compared: its runs only choose)
     t = time.perf_counter()
     variants = grid_variants(args)
     single = {m for m in ("lora", "full") if sum(v["mode"] == m for v in variants) == 1}
-    grid_specs = [_spec(args, run, tdir, f"grid {LABELS[v['mode']]}", "grid", v["mode"], args.grid_seed, v["values"],
-                        keep=keep(v["mode"], args.grid_seed, f"g{i}")) for i, v in enumerate(variants)
-                  if v["mode"] not in single]
+    grid_specs = [_spec(args, run, tdir, f"grid {LABELS[v['mode']]}", "grid", v["mode"], args.grid_seed, v["values"])
+                  for v in variants if v["mode"] not in single]
     _refuse_stale(stale_stored_runs(grid_specs, args.keep_runs, teacher_eval))
     grid = run_all(grid_specs, args.jobs, "grid", args.keep_runs) if grid_specs else []
     timing["grid"] = time.perf_counter() - t
@@ -655,13 +673,11 @@ def _study(args, run, teacher, work: Path, timing: dict[str, float]) -> int:
     chosen = {m: choose(grid, m) for m in ("lora", "full") if any(r["mode"] == m for r in grid)}
     chosen_values.update({m: r["values"] for m, r in chosen.items()})
 
-    # 2. every mode x seed (the grid seed's meta runs are the chosen grid runs)
+    # 2. every mode x seed, each run afresh (the grid seed is not among them)
     t = time.perf_counter()
     specs = []
     for seed in args.seed_list:  # interleaved: the modes of a seed run side by side
         for mode in args.modes:
-            if seed == args.grid_seed and mode in chosen:
-                continue
             specs.append(_spec(args, run, tdir, LABELS[mode], "main", mode, seed, chosen_values.get(mode, {}),
                                keep=keep(mode, seed, "main")))
     for seed in args.seed_list:  # LoRA in fewer teacher blocks, with the LoRA values the grid chose
@@ -670,10 +686,8 @@ def _study(args, run, teacher, work: Path, timing: dict[str, float]) -> int:
                          dict(chosen_values.get("lora", {}), teacher_layers=layers))
             spec["values"] = dict(spec["values"], of=layers)
             specs.append(spec)
-    _refuse_stale(stale_stored_runs(specs, args.keep_runs, teacher_eval, done=list(chosen.values())))
+    _refuse_stale(stale_stored_runs(specs, args.keep_runs, teacher_eval))
     main = run_all(specs, args.jobs, "main", args.keep_runs)
-    for mode, r in chosen.items():
-        main.append(dict(r, kind="main", label=LABELS[mode]))
     timing["main runs"] = time.perf_counter() - t
 
     # 3. controls
@@ -703,15 +717,21 @@ def _study(args, run, teacher, work: Path, timing: dict[str, float]) -> int:
     results = main + controls
     teachers = teacher_groups(results)
     summary = summarize(results, args.seed_list)
-    body = ("Per arm (accuracy on the evaluation split; Δ = arm − plain KD over the same seeds, in points, with a "
-            "95% t-interval):\n\n" + main_table(summary) + "\n\nPer seed:\n\n" + per_seed_table(results))
+    body = (f"Per arm (seeds {', '.join(map(str, args.seed_list))}; accuracy on the evaluation split; Δ = arm − "
+            "plain KD over the same seeds, in points, with a 95% t-interval):\n\n" + main_table(summary)
+            + "\n\nPer seed:\n\n" + per_seed_table(results))
     if grid:
-        body += "\n\nGrid (seed %d; chosen by validation accuracy):\n\n" % args.grid_seed + grid_table(grid, chosen)
+        body += (f"\n\nGrid (seed {args.grid_seed}, not a compared seed; chosen by validation accuracy; these runs "
+                 "only choose and are not among the compared runs above):\n\n" + grid_table(grid, chosen))
     timing["total"] = sum(timing.values())
-    ran = [*grid, *main[:len(specs)], *controls]  # each run once (a chosen grid run is in main too)
+    ran = [*grid, *main, *controls]
     earlier = [r for r in ran if r.get("read_back")]
     d = run.distill
     notes = verdict(summary) + [
+        f"seeds compared: {', '.join(map(str, args.seed_list))}; "
+        + (f"the grid ran on seed {args.grid_seed}, not among them: its runs chose the meta hyper-parameters and are "
+           "not compared (every compared run, meta or plain, ran once with the chosen values)" if grid
+           else "no grid ran (one value of each meta hyper-parameter given)"),
         f"data {run.data}: n_train {run.n_train} (train / quiz {d.quiz_fraction:g} / validation "
         f"{d.validation_fraction:g}, carved by seed; validation unique by text, disjoint from quiz and evaluation "
         f"data), evaluation on {'all' if run.n_eval is None else run.n_eval} held-out examples; student {run.student}; "
@@ -737,7 +757,8 @@ def _study(args, run, teacher, work: Path, timing: dict[str, float]) -> int:
         + (f"; {len(earlier)} of {len(ran)} runs read back from --keep-runs (their own wall times, "
            f"one process each, sum to {sum(r['wall_seconds'] for r in earlier) / 60:.1f} min)" if earlier else ""),
     ]
-    payload = {"benchmark": NAME, "quick": args.quick, "seeds": args.seed_list, "grid_seed": args.grid_seed,
+    payload = {"benchmark": NAME, "quick": args.quick, "seeds": args.seed_list, "compared_seeds": args.seed_list,
+               "grid_seed": args.grid_seed if grid else None,
                "control_seeds": args.control_seeds_list if args.controls else [],
                "teachers": [{"accuracy": g["eval"]["accuracy"], "loss": g["eval"]["loss"], "seeds": g["seeds"]}
                             for g in teachers],
