@@ -68,17 +68,27 @@ def _class(tree: ast.Module, class_name: str) -> ast.ClassDef:
     raise LookupError(f"no class {class_name!r} in the source")
 
 
-def _default(source: str, value: ast.expr | None) -> str | None:
+def _segment(lines: list[bytes], node: ast.AST) -> str:
+    """The source text of a node (``ast.get_source_segment`` without re-splitting the source per call;
+    column offsets are UTF-8 byte offsets)."""
+    first, last = node.lineno - 1, node.end_lineno - 1
+    if first == last:
+        return lines[first][node.col_offset:node.end_col_offset].decode("utf-8")
+    parts = [lines[first][node.col_offset:], *lines[first + 1:last], lines[last][:node.end_col_offset]]
+    return b"\n".join(parts).decode("utf-8")
+
+
+def _default(lines: list[bytes], value: ast.expr | None) -> str | None:
     if value is None:
         return None
     if isinstance(value, ast.Call) and getattr(value.func, "id", None) == "field":
         for kw in value.keywords:
             if kw.arg == "default":
-                return ast.get_source_segment(source, kw.value)
+                return _segment(lines, kw.value)
             if kw.arg == "default_factory":
-                factory = ast.get_source_segment(source, kw.value)
+                factory = _segment(lines, kw.value)
                 return {"dict": "{}", "list": "[]"}.get(factory, f"{factory}()")
-    return ast.get_source_segment(source, value)
+    return _segment(lines, value)
 
 
 def class_docstring(source: str, class_name: str) -> str | None:
@@ -89,18 +99,19 @@ def class_docstring(source: str, class_name: str) -> str | None:
 def field_docs(source: str, class_name: str) -> list[FieldDoc]:
     """The fields of dataclass ``class_name`` in ``source``, in order, with their attribute docstrings."""
     body = _class(ast.parse(source), class_name).body
+    lines = [line.encode("utf-8") for line in source.replace("\r\n", "\n").split("\n")]
     out = []
     for i, node in enumerate(body):
         if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
             continue
-        if "ClassVar" in (ast.get_source_segment(source, node.annotation) or ""):
+        annotation = _segment(lines, node.annotation)
+        if "ClassVar" in annotation:
             continue
         nxt = body[i + 1] if i + 1 < len(body) else None
         doc = None
         if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
             doc = inspect.cleandoc(nxt.value.value).strip() or None
-        out.append(FieldDoc(node.target.id, ast.get_source_segment(source, node.annotation), _default(source, node.value),
-                            doc))
+        out.append(FieldDoc(node.target.id, annotation, _default(lines, node.value), doc))
     return out
 
 
