@@ -445,13 +445,20 @@ def build_student(run: RunConfig, teacher, teacher_tokenizer, num_labels: int | 
 
 
 # ---------------------------------------------------------------------------- data
-def load_data(run: RunConfig, seed: int | None = None) -> dict[str, Any]:
-    """Raw splits: {"train", "eval"} lists (and "label_names" for classification)."""
+def load_data(run: RunConfig, seed: int | None = None, report: bool = True) -> dict[str, Any]:
+    """Raw splits: {"train", "eval"} lists (and "label_names" for classification). ``report``:
+    say what was read (rows, the header decision, overlaps); False when this run has said it
+    already (a second read of the same files)."""
     seed = run.distill.seed if seed is None else seed
     if run.task == "causal_lm":
         return data_mod.load_lm_corpus(run.data, seed=seed)
     return data_mod.load_task(run.data, run.n_train, run.n_eval, seed, text_column=run.text_column,
-                              label_column=run.label_column, header=run.header, report=_log)
+                              label_column=run.label_column, header=run.header,
+                              report=_log if report else _quiet)
+
+
+def _quiet(message: str) -> None:
+    """A ``report`` that says nothing (``None`` would turn some reports into Python warnings)."""
 
 
 def encode_splits(run: RunConfig, splits: dict[str, Any], tokenizer, student_tokenizer=None) -> dict[str, Any]:
@@ -487,7 +494,8 @@ def _num_labels(run: RunConfig, splits: dict[str, Any]) -> int | None:
 
 
 # ---------------------------------------------------------------------------- the two commands
-def finetune_teacher(run: RunConfig, progress: bool = True) -> dict[str, Any]:
+def finetune_teacher(run: RunConfig, progress: bool = True, *, why: str | None = None,
+                     data_reported: bool = False) -> dict[str, Any]:
     """Fine-tune (or, for ``new:ARCH``, train from scratch) the teacher on the task's training
     split and save it with ``save_pretrained`` (safetensors) plus its tokenizer in
     ``output/teacher``, where ``distill`` picks it up. Returns the teacher's eval scores.
@@ -497,7 +505,11 @@ def finetune_teacher(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     and fine-tuning settings copies it instead of fine-tuning again, whatever its output
     directory. Fine-tuning checkpoints to ``output/teacher_checkpoint`` (every
     ``distill.checkpoint_every`` steps and on SIGTERM/SIGINT, then ``TrainingInterrupted``), and
-    a rerun continues from there."""
+    a rerun continues from there.
+
+    ``why``: why the caller (``distill``) fine-tunes, said together with what happens (the
+    fine-tuning, or the reuse of a cached teacher). ``data_reported``: the caller has read the data
+    and said so; it is read again quietly."""
     import shutil
 
     from .finetune import REPORT_SECONDS, cache_key, finetune_classifier, step_plan
@@ -512,16 +524,19 @@ def finetune_teacher(run: RunConfig, progress: bool = True) -> dict[str, Any]:
         raise ConfigError("fine-tune the teacher unquantized (drop teacher_bits for finetune-teacher); "
                           "distill then loads the saved teacher quantized")
     check_run(run, teacher=_teacher_source(run), student=False)
-    splits = align_label_names(run, _teacher_source(run), load_data(run))
+    splits = align_label_names(run, _teacher_source(run), load_data(run, report=not data_reported))
     num_labels = _num_labels(run, splits)
     origin = teacher_origin(run, _teacher_source(run), splits.get("label_names"))
     cached = cached_teacher(origin)
     if cached is not None:
         copy_teacher(cached, run.teacher_dir)
-        _log(f"reusing the fine-tuned teacher cached in {cached} (same base teacher, data, label names, seed and "
-             f"fine-tuning settings); copied to {run.teacher_dir}")
+        _log((f"{why}; " if why else "") + f"reusing the fine-tuned teacher cached in {cached} (same base teacher, "
+             f"data, label names, seed and fine-tuning settings); copied to {run.teacher_dir}")
         report = json.loads((cached / RECORD).read_text())
         return {**report, "saved": str(run.teacher_dir), "cached": str(cached)}
+    if why:
+        _log(f"{why}: fine-tuning it first (as `metakd finetune-teacher` does; saved to {run.teacher_dir} and "
+             "reused)")
     if run.teacher.startswith("new:"):
         from .scratch import new_causal_lm, train_bpe_tokenizer
 
@@ -564,25 +579,25 @@ def finetune_teacher(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     return report
 
 
-def _stale_teacher_dir(run: RunConfig, splits: dict[str, Any]) -> bool:
-    """Whether ``output/teacher`` was fine-tuned from another base teacher, data, label names, seed
-    or fine-tuning settings than this run's (then it must be fine-tuned again); says what it finds."""
+def _stale_teacher_dir(run: RunConfig, splits: dict[str, Any]) -> str | None:
+    """Why ``output/teacher`` must be fine-tuned again (None: it need not): it was fine-tuned from
+    another base teacher, data, label names, seed or fine-tuning settings than this run's. Says
+    when it uses the one there."""
     from .teacher_cache import origin_difference, recorded_origin, teacher_origin
 
     target = run.teacher_dir
     if not (target / "config.json").is_file() or Path(_teacher_source(run)).resolve() == target.resolve():
-        return False
+        return None
     recorded = recorded_origin(target)
     if recorded is None:  # saved by hand or by an older metakd: nothing to compare, used as it is
-        return False
+        return None
     base = _teacher_source(run)
     current = teacher_origin(run, base, align_label_names(run, base, splits).get("label_names"))
     differ = origin_difference(recorded, current)
     if not differ:
         _log(f"using the fine-tuned teacher in {target} (same base teacher, data, labels, seed and settings)")
-        return False
-    _log(f"the teacher in {target} was fine-tuned with other {', '.join(differ)} than this run: fine-tuning again")
-    return True
+        return None
+    return f"the teacher in {target} was fine-tuned with other {', '.join(differ)} than this run"
 
 
 def _train_time(m, d) -> dict[str, Any]:
@@ -671,9 +686,10 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False, *, resu
                           f"(it saves to {run.teacher_dir})")
     splits = load_data(run)
     num_labels = _num_labels(run, splits)
-    if _stale_teacher_dir(run, splits):
+    stale = _stale_teacher_dir(run, splits)
+    if stale:
         if dist.is_main:
-            finetune_teacher(run, progress=progress)
+            finetune_teacher(run, progress=progress, why=stale, data_reported=True)
         dist.barrier()
     if run.task == "classification":  # the quiz split, checked before any model loads (LM blocks: after encoding)
         data_mod.split_quiz(splits["train"], cfg.quiz_fraction, cfg.seed)
@@ -687,10 +703,9 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False, *, resu
                                      f"but the teacher {splits['label_names']}; use models that agree")
     teacher, tokenizer = load_teacher(run, num_labels)
     if getattr(teacher, "metakd_new_head", False):
-        _log(f"the teacher's classification head is untrained: fine-tuning it on the task first "
-             f"(as `metakd finetune-teacher` does; saved to {run.teacher_dir} and reused)")
         if dist.is_main:  # one process fine-tunes and saves; the others load what it saved
-            finetune_teacher(run, progress=progress)
+            finetune_teacher(run, progress=progress, why="the teacher's classification head is untrained",
+                             data_reported=True)
         dist.barrier()
         teacher, tokenizer = load_teacher(run, num_labels)
     student, student_tokenizer = build_student(run, teacher, tokenizer, num_labels)
@@ -716,6 +731,13 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False, *, resu
         "student_params": sum(p.numel() for p in d.student.parameters()),
         "trainable_student_params": sum(p.numel() for p in d.student_params),
     }
+    if history.get("teacher_guard"):
+        result["teacher_guard"] = history["teacher_guard"]
+    if cfg.meta_update != "none" and run.task == "classification":
+        before, after = result["teacher_before"]["accuracy"], result["teacher_after"]["accuracy"]
+        if after < before:  # never hand back a worse teacher without saying so
+            _log(f"the meta-updated teacher ends at {100 * after:.2f}% on the evaluation data, "
+                 f"{100 * (before - after):.2f} points below the {100 * before:.2f}% it started at")
     if run.task == "causal_lm":
         prompts = torch.stack([encoded["eval"][i]["input_ids"][:8] for i in range(min(4, len(encoded["eval"])))])
         result["student_generation"] = generation_speed(d.student, prompts, run.generation_tokens)
