@@ -1,5 +1,5 @@
-"""The docs site holds together: every page under docs/ is in the mkdocs.yml nav and every nav entry
-exists; every relative link of README.md and docs/ points at a file of the repository (as GitHub
+"""The docs site holds together: every page under docs/ is in the mkdocs.yml nav and in the README's
+map, and every nav entry exists; every relative link of README.md and docs/ points at a file of the repository (as GitHub
 resolves it) and every #anchor into a page at one of its headings; and, where mkdocs is installed,
 ``mkdocs build --strict`` passes (.ci/run builds it too)."""
 
@@ -43,6 +43,15 @@ def test_every_page_is_in_the_nav():
     stale = sorted(e for e in nav if e != "index.md" and not (DOCS / e).is_file())
     assert not stale, f"nav entries in mkdocs.yml without a page: {stale}"
     assert len(nav) == len(set(nav)), "a page is in the nav twice"
+
+
+def test_readme_maps_every_page():
+    """The README's map of the docs links every page under docs/."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    linked = {os.path.normpath(m.group(1).partition("#")[0]) for m in LINK.finditer(readme)}
+    pages = {p.relative_to(ROOT).as_posix() for p in DOCS.rglob("*.md")}
+    missing = sorted(pages - linked)
+    assert not missing, f"README.md's map of the docs does not link: {missing}"
 
 
 def _slugs(page: Path) -> set[str]:
