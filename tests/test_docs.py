@@ -261,19 +261,17 @@ INLINE = re.compile(r"`(metakd (?:bench|distill|finetune-teacher|compress)\b[^`]
 
 
 def inline_commands(path: Path) -> list[tuple[int, str]]:
-    """(line, command) for each complete command in an inline code span: ``metakd bench NAME ...``
-    with a known NAME, ``metakd distill|finetune-teacher|compress CONFIG ...``, ``python benchmarks/...``,
+    """(line, command) for each complete command in an inline code span: ``metakd bench NAME ...``,
+    ``metakd distill|finetune-teacher|compress CONFIG ...``, ``python benchmarks/...``,
     ``python -m metakd.X ...``; bare references (``metakd distill``, ``metakd bench NAME``) are not commands."""
-    from metakd.bench import BENCHMARKS
-
     prose = _prose(path)
     out = []
     for m in INLINE.finditer(prose):
         text = " ".join(m.group(1).split())
         words = text.split()
         if words[0] == "metakd":
-            if words[1] == "bench" and (len(words) < 3 or words[2] not in BENCHMARKS):
-                continue
+            if words[1] == "bench" and (len(words) < 3 or words[2].isupper()):
+                continue  # `metakd bench`, `metakd bench NAME`: references, not commands
             if words[1] != "bench" and len(words) < 3:
                 continue
         out.append((prose.count("\n", 0, m.start()) + 1, text))
