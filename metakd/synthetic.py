@@ -4,6 +4,13 @@ Every sentence is built top-down from a chosen label: a structure (contrast, con
 ...) decides which part carries the label, and each clause form (negation, double
 negation, comparison, ...) decides which polarity of word it needs. The label is thus a
 function of the composition, never of keywords found afterwards. Standard library only.
+
+Difficulty: the ``"standard"`` mix (``"embedded"``) draws every structure and clause form by its
+weight, so most sentences need composition to be read right. A mix with a given *compositional
+share* (``"easy"``, or a number in [0, 1]; ``"embedded:easy"``, ``"embedded:0.3"``) makes exactly
+that share of every split compositional (at least one negation, comparison, contrast or
+concession) and the rest *direct*: plain or verb clauses alone, after a neutral filler, or two
+joined by "and" -- every polar word agrees with the label. Labels stay balanced within each kind.
 """
 
 from __future__ import annotations
@@ -168,19 +175,87 @@ def _combine(rng: random.Random, structure: str, first: tuple[str, int], second:
 
 def _example(rng: random.Random, label: int, structure: str | None = None) -> tuple[str, int]:
     """One labelled sentence with the given label, built from a (random or given) structure."""
+    text, y, _ = _example_kind(rng, label, structure)
+    return text, y
+
+
+def _example_kind(rng: random.Random, label: int, structure: str | None = None,
+                  forms: tuple[list[str], list[int]] | None = None) -> tuple[str, int, bool]:
+    """``_example`` and whether the sentence is compositional (see ``DIRECT_STRUCTURES``); ``forms``
+    (names, weights) replaces the clause forms' weights."""
     structure = structure or rng.choices(_STRUCTURE_NAMES, weights=_STRUCTURE_WEIGHTS)[0]
     if structure not in STRUCTURES:
         raise ValueError(f"unknown structure {structure!r}; expected one of {sorted(STRUCTURES)}")
+    names, weights = forms or (_FORM_NAMES, _FORM_WEIGHTS)
+
+    def form() -> str:
+        return rng.choices(names, weights=weights)[0]
+
     decides_second = STRUCTURES[structure][1] == "second"
     other = label if structure == "agree" else 1 - label
     pol_first, pol_second = (other, label) if decides_second else (label, other)
     subj_first, subj_second = rng.sample(SUBJECTS, 2)  # two parts never talk about the same thing
+    used = []
     if structure == "despite":
         first = (f"the {rng.choice(ADJECTIVES[pol_first])} {rng.choice(ASPECTS)}", pol_first)
     else:
-        first = (_clause(rng, pol_first, _random_form(rng), subj_first), pol_first)
-    second = (_clause(rng, pol_second, _random_form(rng), subj_second), pol_second)
-    return _combine(rng, structure, first, second)
+        used.append(form())
+        first = (_clause(rng, pol_first, used[-1], subj_first), pol_first)
+    used.append(form())
+    second = (_clause(rng, pol_second, used[-1], subj_second), pol_second)
+    text, y = _combine(rng, structure, first, second)
+    # 'single' and 'filler' use only the first clause; the second is drawn (and dropped) all the same
+    counted = used[:1] if structure in ("single", "filler") else used
+    direct = structure in DIRECT_STRUCTURES and all(f in DIRECT_FORMS for f in counted)
+    return text, y, not direct
+
+
+# ---------------------------------------------------------------------------- difficulty
+DIRECT_STRUCTURES = ("single", "filler", "agree")
+"""Structures whose every clause carries the label (no contrast or concession)."""
+DIRECT_FORMS = ("plain", "verb")
+"""Clause forms whose polar word carries the clause's polarity (no negation or comparison)."""
+DIFFICULTIES = {"standard": None, "easy": 0.5}
+"""Named mixes -> compositional share. "standard" (None): every structure and form by its weight
+(about 88% compositional); "easy": half the sentences compositional, half direct -- the main
+job's mix offline (docs/main-job.md: the probes that chose it)."""
+_DIRECT_FORMS = (list(DIRECT_FORMS), [CLAUSE_FORMS[f] for f in DIRECT_FORMS])
+_DIRECT_STRUCTURE_WEIGHTS = [STRUCTURES[s][0] for s in DIRECT_STRUCTURES]
+
+
+def compositional_share(difficulty: str | float) -> float | None:
+    """The compositional share of a difficulty: a name in ``DIFFICULTIES`` or a number in [0, 1]
+    (None: the standard weighted mix)."""
+    if isinstance(difficulty, str) and difficulty in DIFFICULTIES:
+        return DIFFICULTIES[difficulty]
+    if isinstance(difficulty, bool) or not isinstance(difficulty, (int, float)) or not 0 <= difficulty <= 1:
+        raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)} or a compositional share in "
+                         f"[0, 1], got {difficulty!r}")
+    return float(difficulty)
+
+
+def _kind_example(rng: random.Random, label: int, compositional: bool) -> tuple[str, int]:
+    """A direct sentence (``DIRECT_STRUCTURES`` with ``DIRECT_FORMS`` only), or a compositional one
+    (the standard generator's draws, direct ones redrawn)."""
+    if not compositional:
+        structure = rng.choices(DIRECT_STRUCTURES, weights=_DIRECT_STRUCTURE_WEIGHTS)[0]
+        text, y, _ = _example_kind(rng, label, structure, _DIRECT_FORMS)
+        return text, y
+    while True:
+        text, y, comp = _example_kind(rng, label)
+        if comp:
+            return text, y
+
+
+def _mixed_draws(rng: random.Random, n: int, share: float) -> list[tuple[int, bool]]:
+    """(label, compositional) for ``n`` draws: labels balanced, and in each label exactly
+    round(share * count) compositional (ties to even), shuffled by ``rng``."""
+    draws = []
+    for label, count in ((0, (n + 1) // 2), (1, n // 2)):
+        k = round(share * count)
+        draws += [(label, i < k) for i in range(count)]
+    rng.shuffle(draws)
+    return draws
 
 
 def _check_count(name: str, value: int) -> None:
@@ -194,17 +269,25 @@ def _balanced_labels(rng: random.Random, n: int) -> list[int]:
     return labels
 
 
-def generate_sentiment(n: int, seed: int = 0) -> list[tuple[str, int]]:
-    """n labelled examples, deterministic for a seed, labels balanced (|#pos - #neg| <= 1)."""
+def generate_sentiment(n: int, seed: int = 0, difficulty: str | float = "standard") -> list[tuple[str, int]]:
+    """n labelled examples, deterministic for a seed, labels balanced (|#pos - #neg| <= 1);
+    ``difficulty``: see ``compositional_share``."""
     _check_count("n", n)
+    share = compositional_share(difficulty)
     rng = random.Random(seed)
-    return [_example(rng, label) for label in _balanced_labels(rng, n)]
+    if share is None:
+        return [_example(rng, label) for label in _balanced_labels(rng, n)]
+    return [_kind_example(rng, label, comp) for label, comp in _mixed_draws(rng, n, share)]
 
 
-def _draw_unique(rng: random.Random, n: int, seen: set[str]) -> list[tuple[str, int]]:
+def _draw_unique(rng: random.Random, n: int, seen: set[str], share: float | None = None) -> list[tuple[str, int]]:
     out = []
-    for label in _balanced_labels(rng, n):
-        out.extend(_draw_unique_label(rng, label, seen))
+    if share is None:
+        for label in _balanced_labels(rng, n):
+            out.extend(_draw_unique_label(rng, label, seen))
+        return out
+    for label, comp in _mixed_draws(rng, n, share):
+        out.extend(_draw_unique_label(rng, label, seen, comp))
     return out
 
 
@@ -213,39 +296,79 @@ EVAL_STREAM_SEED = 1_000_003  # the held-out stream: the same evaluation sentenc
 EVAL_POOL = 2000  # held-out sentences no training split of any seed draws
 
 
-def _held_out(n: int) -> list[tuple[str, int]]:
+def _held_out(n: int, share: float | None = None) -> list[tuple[str, int]]:
     """The first ``n`` sentences of the fixed held-out stream; labels alternate, so every prefix is
-    balanced and a smaller evaluation set is a prefix of a larger one."""
+    balanced and a smaller evaluation set is a prefix of a larger one. With a compositional
+    ``share``, both sentences of pair j (labels 0 and 1) are compositional when floor((j + 1) * share)
+    > floor(j * share): every prefix of 2m sentences holds within 2 of 2m * share compositional ones."""
     rng, seen, out = random.Random(EVAL_STREAM_SEED), set(), []
     for i in range(n):
-        out.extend(_draw_unique_label(rng, i % 2, seen))
+        j = i // 2
+        comp = None if share is None else int((j + 1) * share) > int(j * share)
+        out.extend(_draw_unique_label(rng, i % 2, seen, comp))
     return out
 
 
-def _draw_unique_label(rng: random.Random, label: int, seen: set[str]) -> list[tuple[str, int]]:
+def _draw_unique_label(rng: random.Random, label: int, seen: set[str],
+                       compositional: bool | None = None) -> list[tuple[str, int]]:
     for _ in range(1000):
-        text, y = _example(rng, label)
+        text, y = _example(rng, label) if compositional is None else _kind_example(rng, label, compositional)
         if text not in seen:
             seen.add(text)
             return [(text, y)]
     raise RuntimeError("could not draw a distinct sentence")  # the sentence space is in the millions
 
 
-def sentiment_splits(n_train: int = 4000, n_eval: int = 1000, seed: int = 0) -> dict[str, list[tuple[str, int]]]:
+def sentiment_splits(n_train: int = 4000, n_eval: int = 1000, seed: int = 0,
+                     difficulty: str | float = "standard") -> dict[str, list[tuple[str, int]]]:
     """{'train': ..., 'eval': ...}, deterministic. ``eval`` is held out like a dev file: the first
     ``n_eval`` sentences of a fixed stream, the same for every seed and every ``n_train``. ``train``
     is drawn by ``seed`` and never contains a sentence of the held-out pool (its first
     ``max(n_eval, EVAL_POOL)`` sentences), so no training split of any seed or size, a teacher's
-    fine-tuning data included, overlaps any evaluation split of up to that size."""
+    fine-tuning data included, overlaps any evaluation split of up to that size. ``difficulty``
+    (see ``compositional_share``) picks the mix of both splits; "standard" is the original task."""
     _check_count("n_train", n_train)
     _check_count("n_eval", n_eval)
-    pool = _held_out(max(n_eval, EVAL_POOL))
+    share = compositional_share(difficulty)
+    pool = _held_out(max(n_eval, EVAL_POOL), share)
     seen = {text for text, _ in pool}
-    return {"train": _draw_unique(random.Random(seed), n_train, seen), "eval": pool[:n_eval]}
+    return {"train": _draw_unique(random.Random(seed), n_train, seen, share), "eval": pool[:n_eval]}
 
 
-def splits_identity(data: object) -> dict[str, int]:
-    """What a cache key adds for ``data``: the split version of the embedded task, nothing for any
-    other data (files are identified by their hashes), so a change of the generated splits never
-    reuses a model trained on the old ones."""
-    return {"embedded_splits": SPLITS_VERSION} if data == "embedded" else {}
+EMBEDDED = "embedded"
+
+
+def embedded_difficulty(spec: object) -> str | float | None:
+    """The difficulty a data spec names: "standard" for ``"embedded"``, D for ``"embedded:D"`` (a
+    name in ``DIFFICULTIES`` or a compositional share such as 0.3); None for any other spec.
+    Raises ValueError for ``"embedded:"`` followed by anything else."""
+    if not isinstance(spec, str) or not (spec == EMBEDDED or spec.startswith(EMBEDDED + ":")):
+        return None
+    if spec == EMBEDDED:
+        return "standard"
+    value = spec[len(EMBEDDED) + 1:]
+    if value in DIFFICULTIES:
+        return value
+    try:
+        share = float(value)
+    except ValueError:
+        share = None
+    if share is None or not 0 <= share <= 1:
+        raise ValueError(f"data {spec!r}: write embedded:D with D one of {', '.join(DIFFICULTIES)} or a "
+                         "compositional share in [0, 1], e.g. embedded:easy or embedded:0.3")
+    return share
+
+
+def splits_identity(data: object) -> dict[str, object]:
+    """What a cache key adds for ``data``: the split version of the embedded task (and, for a mix
+    other than "standard", its compositional share), nothing for any other data (files are
+    identified by their hashes), so a change of the generated splits never reuses a model trained
+    on the old ones."""
+    try:
+        difficulty = embedded_difficulty(data)
+    except ValueError:
+        return {}
+    if difficulty is None:
+        return {}
+    share = compositional_share(difficulty)
+    return {"embedded_splits": SPLITS_VERSION, **({} if share is None else {"embedded_share": share})}

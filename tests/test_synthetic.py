@@ -188,3 +188,106 @@ def test_a_new_split_version_changes_the_cache_identity_of_the_embedded_task_onl
     monkeypatch.setattr(synthetic, "SPLITS_VERSION", synthetic.SPLITS_VERSION + 1)
     assert data_identity("embedded") != before
     assert data_identity(str(tmp_path)) == file_before
+
+
+# ---------------------------------------------------------------------------- difficulty (compositional share)
+from metakd.synthetic import (  # noqa: E402
+    DIFFICULTIES,
+    FILLER_PREFIXES,
+    FILLER_SENTENCES,
+    OBJECT_VERBS,
+    SUBJECT_VERBS,
+    compositional_share,
+    embedded_difficulty,
+    splits_identity,
+)
+
+# Words and phrases that only compositional sentences contain: negation, comparison, contrast, concession.
+_MARKERS = {"not", "never", "hardly", "barely", "nobody", "can't", "didn't", "without", "hesitate", "but", "yet",
+            "although", "though", "while", "despite", "spite", "than", "as", "up", "no", "far"}
+_FILLER_WORDS = {w for f in FILLER_PREFIXES + FILLER_SENTENCES for w in re.findall(r"[a-z']+", f)}
+_POLAR = {**{w: 1 for w in ADJECTIVES[1]}, **{w: 0 for w in ADJECTIVES[0]},
+          **{v.split()[0]: p for p in (0, 1) for pair in OBJECT_VERBS[p] + SUBJECT_VERBS[p] for v in pair}}
+
+
+def _reads_direct(text: str, label: int) -> bool:
+    """Whether a sentence reads as direct: no compositional marker outside its filler, and every
+    polar word it holds has the label's polarity (and there is one)."""
+    for filler in FILLER_PREFIXES + FILLER_SENTENCES:
+        text = text.replace(filler, " ")
+    words = re.findall(r"[a-z']+", text)
+    if set(words) & _MARKERS:
+        return False
+    polar = [_POLAR[w] for w in words if w in _POLAR]
+    assert polar, text
+    return all(p == label for p in polar)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.3, DIFFICULTIES["easy"], 1.0])
+def test_a_mix_holds_exactly_its_compositional_share_and_balanced_labels(share):
+    data = generate_sentiment(1001, seed=4, difficulty=share)
+    labels = [y for _, y in data]
+    assert abs(labels.count(1) - labels.count(0)) <= 1
+    direct = [(t, y) for t, y in data if _reads_direct(t, y)]
+    # per label, round(share * count) compositional: within one of share * n for each label
+    assert abs(len(data) - len(direct) - share * len(data)) <= 1.5
+    # the direct part is balanced as well (labels split within each kind)
+    d_labels = [y for _, y in direct]
+    assert abs(d_labels.count(1) - d_labels.count(0)) <= 1
+
+
+def test_the_standard_mix_is_mostly_compositional_and_the_easy_one_is_half():
+    standard = generate_sentiment(2000, seed=0)
+    share = 1 - sum(_reads_direct(t, y) for t, y in standard) / len(standard)
+    assert 0.84 < share < 0.93  # every structure and form by its weight: ~88% compositional
+    assert DIFFICULTIES["easy"] == 0.5 and compositional_share("easy") == 0.5
+    assert compositional_share("standard") is None and compositional_share(0.25) == 0.25
+
+
+def test_a_mix_is_deterministic_by_seed_and_its_eval_is_a_fixed_balanced_stream():
+    assert generate_sentiment(300, seed=5, difficulty="easy") == generate_sentiment(300, seed=5, difficulty="easy")
+    assert generate_sentiment(300, seed=5, difficulty="easy") != generate_sentiment(300, seed=6, difficulty="easy")
+    assert generate_sentiment(300, seed=5, difficulty="easy") != generate_sentiment(300, seed=5)
+    a, b = sentiment_splits(400, 600, seed=0, difficulty="easy"), sentiment_splits(800, 600, seed=1, difficulty="easy")
+    assert a == sentiment_splits(400, 600, seed=0, difficulty="easy")
+    assert a["eval"] == b["eval"] and a["train"] != b["train"]
+    assert sentiment_splits(10, 200, seed=3, difficulty="easy")["eval"] == a["eval"][:200]
+    held_out = {t for t, _ in a["eval"]}
+    assert not held_out & {t for t, _ in a["train"]} and not held_out & {t for t, _ in b["train"]}
+    for n in (2, 50, 600):  # every even prefix: balanced labels, and both kinds within 2 of half
+        part = a["eval"][:n]
+        assert [y for _, y in part].count(1) == n // 2
+        assert abs(sum(not _reads_direct(t, y) for t, y in part) - n * 0.5) <= 2
+
+
+def test_the_direct_sentences_of_a_mix_carry_the_label_in_every_polar_word():
+    data = generate_sentiment(500, seed=9, difficulty=0.0)
+    assert all(_reads_direct(t, y) for t, y in data)  # nothing compositional at share 0
+    assert not any(_reads_direct(t, y) for t, y in generate_sentiment(500, seed=9, difficulty=1.0))
+
+
+@pytest.mark.parametrize("bad", ["hard", -0.1, 1.5, True, None, "0.5"])
+def test_a_bad_difficulty_is_refused(bad):
+    with pytest.raises(ValueError, match="difficulty"):
+        generate_sentiment(10, difficulty=bad)
+
+
+def test_embedded_specs_name_a_difficulty_and_the_cache_identity_carries_the_share():
+    assert embedded_difficulty("embedded") == "standard"
+    assert embedded_difficulty("embedded:easy") == "easy" and embedded_difficulty("embedded:0.3") == 0.3
+    assert embedded_difficulty("glue/sst2") is None and embedded_difficulty({"train": "x"}) is None
+    with pytest.raises(ValueError, match="embedded:easy"):
+        embedded_difficulty("embedded:hard")
+    assert splits_identity("embedded") == {"embedded_splits": 2}  # the standard task's caches stay valid
+    assert splits_identity("embedded:easy") == {"embedded_splits": 2, "embedded_share": 0.5}
+    assert splits_identity("embedded:0.3")["embedded_share"] == 0.3 and splits_identity("../x/sst2") == {}
+
+
+def test_load_task_takes_an_embedded_mix():
+    from metakd.data import DataError, load_task
+
+    task = load_task("embedded:easy", 40, 20, seed=2)
+    assert task["train"] == sentiment_splits(40, 20, seed=2, difficulty="easy")["train"]
+    assert task["eval"] == sentiment_splits(40, 20, seed=2, difficulty="easy")["eval"]
+    with pytest.raises(DataError, match="embedded:D"):
+        load_task("embedded:hard")

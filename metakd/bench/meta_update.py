@@ -4,10 +4,11 @@ student initialisation. Prints a table and writes results/meta_update.{json,md,p
     metakd bench meta-update [--quick] [--data auto|PATH|glue/sst2] [--steps N] [--seeds 0,1,2] [--out results]
                              [--teacher-layers all,top:2] [--meta-batch-size M]
 
-The default run distils the bundled MiniLM-L6 teacher, fine-tuned on 2,000 SST-2 sentences
-(``--data auto``: the project's copy of SST-2 when it is there, else the embedded generated task),
-into a 2-layer student for 40 steps of 32 per mode and scores every student on the whole dev
-split, before and after, against the teacher (in points).
+The default run distils the bundled MiniLM-L6 teacher, fine-tuned on 2,000 training sentences
+(``--data auto``: GLUE SST-2 from the Hugging Face hub when the hub is reachable, else the embedded
+generated task's easy mix, ``embedded:easy``; it never looks outside the checkout), into a 2-layer
+student for 40 steps of 32 per mode and scores every student on the whole dev split, before and
+after, against the teacher (in points). docs/main-job.md has the probes behind these settings.
 
 Every configuration (mode) runs in its own process, and the processes take one step each in turn
 (``lockstep``): a background load falls on every mode in the same rounds, and the time ratios
@@ -22,6 +23,8 @@ phase, from ``telemetry.PhaseTimer``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
 import sys
 import time
@@ -35,6 +38,7 @@ from tqdm.auto import tqdm
 
 from .. import data as data_mod
 from ..config import DistillConfig
+from ..data.hub import hub_status
 from ..distiller import MetaDistiller
 from ..finetune import cache_key, cached_model, evaluate_model, finetune_classifier
 from ..models import embedded_teacher_path, load_classifier, student_from_teacher, use_eager_attention
@@ -54,8 +58,12 @@ COMPARISONS = (("lora", "full"), ("lora", "none"), ("full", "none"))
 # Settings of the full run and of --quick (tiny random models, a slice of the data).
 FULL = dict(n_train=2000, n_eval=None, steps=40, finetune_epochs=2, batch_size=32, max_length=64)
 QUICK = dict(n_train=600, n_eval=200, steps=12, finetune_epochs=1, batch_size=16, max_length=48)
-# --data auto: the project's copy of GLUE SST-2 (train.tsv, dev.tsv) beside the checkout
-SHARED_SST2 = Path(__file__).resolve().parents[3] / "shared" / "data" / "sst2"
+# --data auto: GLUE SST-2 from the hub when it is reachable, else the embedded task's easy mix
+AUTO_HUB = "glue/sst2"
+AUTO_HUB_REPO = "nyu-mll/glue"  # the hub repository of AUTO_HUB (data.tasks.HUB_TASKS)
+AUTO_EMBEDDED = "embedded:easy"
+REACH_TIMEOUT = 5.0  # seconds the reachability check waits for the hub (one request, no retries)
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 STUDENT_LAYERS = (0, 5)  # the teacher blocks the default student keeps
 # DistillConfig of a run without --config (meta_update, batch size, steps and seed are set per run)
 DISTILL = dict(student_lr=5e-4, teacher_lr=2e-5, pilot_lr=1e-2, quiz_fraction=0.1)
@@ -66,10 +74,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny random models and a data slice (about a minute)")
     p.add_argument("--data", default="auto",
-                   help="'auto' (default): SST-2 from the project's data folder (shared/data/sst2 beside the "
-                        "checkout) when it is there, else 'embedded' (generated sentiment task; always with "
-                        "--quick); a .tsv/.csv/.jsonl file or a directory with train/dev files; or 'glue/sst2' "
-                        "from the hub")
+                   help="'auto' (default): GLUE SST-2 from the Hugging Face hub when it is reachable (and "
+                        "HF_HUB_OFFLINE / HF_DATASETS_OFFLINE are not set), else 'embedded:easy' (the generated "
+                        "sentiment task, half of it compositional); --quick always takes 'embedded'; or a "
+                        ".tsv/.csv/.jsonl file, a directory with train/dev files (e.g. ../shared/data/sst2), "
+                        "'glue/sst2', 'embedded' (the standard, harder mix) or 'embedded:SHARE'")
     p.add_argument("--steps", type=int, help="training steps per mode")
     p.add_argument("--n-train", type=int, help="training examples (quiz split carved from these)")
     p.add_argument("--n-eval", type=int, help="held-out evaluation examples")
@@ -91,7 +100,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--worker", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    args.data, args.data_note = resolve_data(args.data, args.quick)
     settings = dict(QUICK if args.quick else FULL)
     if args.teacher_n_train is not None and args.teacher_n_train < 1:
         p.error("--teacher-n-train must be >= 1")
@@ -120,19 +128,93 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def resolve_data(data: str, quick: bool) -> tuple[str, str | None]:
-    """``--data auto``: the SST-2 copy in the project's data folder when it is there (a real task
-    a 2-layer student learns within the default run), else the embedded generated task; --quick
-    always takes the embedded task. Returns the data spec and a line saying why, or None."""
+def _offline_variable() -> str | None:
+    """The first of OFFLINE_VARIABLES set to a true value (1, ON, YES, TRUE), else None."""
+    for name in OFFLINE_VARIABLES:
+        if os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
+            return name
+    return None
+
+
+def resolve_data(data: str, quick: bool, timeout: float = REACH_TIMEOUT) -> tuple[str, str | None]:
+    """``--data auto``: GLUE SST-2 from the Hugging Face hub (through ``datasets``, cached as it
+    caches) when the hub is reachable, else the embedded task's easy mix. It never looks outside
+    the checkout: a local copy of SST-2 is named with ``--data PATH``. Offline (HF_HUB_OFFLINE or
+    HF_DATASETS_OFFLINE set) counts as unreachable and asks nothing; otherwise one request of at
+    most ``timeout`` seconds, without retries, decides. --quick always takes the embedded task.
+    Returns the data spec and a line saying which data and why (None for data other than auto)."""
     if data != "auto":
         return data, None
     if quick:
-        return "embedded", None
-    if (SHARED_SST2 / "train.tsv").is_file() and (SHARED_SST2 / "dev.tsv").is_file():
-        return str(SHARED_SST2), f"--data auto: SST-2 from {SHARED_SST2}"
-    return "embedded", (f"--data auto: {SHARED_SST2} is not there, so the embedded generated task is used; its "
-                        "label follows from composition (negation, contrast), which a 2-layer student learns much "
-                        "more slowly than SST-2: pass --data glue/sst2 (online) or a copy of SST-2")
+        return "embedded", "--data auto: the embedded generated task (--quick always takes it)"
+    fallback = (f"so the embedded generated task's easy mix ({AUTO_EMBEDDED}: half its sentences compositional) "
+                "is used; pass --data glue/sst2 online, or --data PATH for a local copy of SST-2")
+    variable = _offline_variable()
+    if variable:
+        return AUTO_EMBEDDED, f"--data auto: {variable} is set (offline), {fallback}"
+    status, why = hub_status(AUTO_HUB_REPO, "dataset", timeout=timeout)
+    if status in ("reachable", "cached"):
+        where = "in the local hub cache" if status == "cached" else "the Hugging Face hub is reachable"
+        return AUTO_HUB, f"--data auto: GLUE SST-2 ({AUTO_HUB}, {where}; cached by datasets for later runs)"
+    reason = {"offline": "the Hugging Face hub is switched off", "missing": f"the hub has no {AUTO_HUB_REPO}",
+              }.get(status, f"the Hugging Face hub is unreachable (checked for {timeout:g} s)")
+    return AUTO_EMBEDDED, f"--data auto: {reason}{f' ({why})' if why else ''}, {fallback}"
+
+
+def load_data(args: argparse.Namespace) -> dict[str, Any]:
+    """Resolve ``--data auto`` (sets ``args.data`` and ``args.data_note``), print which data the
+    run takes and why, and load the task. When auto chose the hub and the load fails (a cache
+    that cannot be read offline, a network that drops), the run falls back to the embedded task."""
+    s = args.settings
+    requested = args.data
+    args.data, args.data_note = resolve_data(args.data, args.quick)
+    if args.data_note:
+        print(args.data_note, file=sys.stderr, flush=True)
+    try:
+        with hub_progress_bars(not args.no_progress, datasets_too=_from_hub(args.data)):
+            return data_mod.load_task(args.data, s["n_train"], s["n_eval"], args.seed)  # fails fast on bad data
+    except data_mod.DataError as exc:
+        if requested != "auto" or args.data != AUTO_HUB:
+            raise
+        first = (str(exc).splitlines() or [""])[0]
+        args.data, args.data_note = AUTO_EMBEDDED, (f"--data auto: loading {AUTO_HUB} failed ({first}), so the "
+                                                    f"embedded generated task's easy mix ({AUTO_EMBEDDED}) is used")
+        print(args.data_note, file=sys.stderr, flush=True)
+        return data_mod.load_task(args.data, s["n_train"], s["n_eval"], args.seed)
+
+
+@contextlib.contextmanager
+def hub_progress_bars(enabled: bool, datasets_too: bool = False):
+    """Hugging Face's own progress bars (transformers' "Loading weights" and "Writing model shards",
+    huggingface_hub's downloads, and with ``datasets_too`` those of ``datasets``) off unless
+    ``enabled``; restored as they were afterwards."""
+    if enabled:
+        yield
+        return
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    restore = []
+    if hf_logging.is_progress_bar_enabled():
+        restore.append(hf_logging.enable_progress_bar)
+    if not hub_utils.are_progress_bars_disabled():
+        restore.append(hub_utils.enable_progress_bars)
+    hf_logging.disable_progress_bar()  # transformers' bars, and huggingface_hub's
+    if datasets_too:
+        from datasets.utils import logging as ds_logging
+
+        if ds_logging.is_progress_bar_enabled():
+            restore.append(ds_logging.enable_progress_bar)
+        ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for undo in restore:
+            undo()
+
+
+def _from_hub(data: str) -> bool:
+    return data in data_mod.HUB_TASKS or data.startswith("hub:")
 
 
 # ---------------------------------------------------------------------------- the teacher
@@ -249,6 +331,7 @@ def run_mode(spec: dict[str, Any]) -> dict[str, Any]:
     turns = Turns.from_env()
     if turns is not None:
         hf_logging.disable_progress_bar()  # several workers load at once: one progress bar (the rounds')
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # its own process: datasets' bars too
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     torch.manual_seed(spec["seed"])
@@ -356,19 +439,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
         return serve_worker(args.worker, run_mode)
+    with hub_progress_bars(not args.no_progress):
+        return _main(args)
 
+
+def _main(args: argparse.Namespace) -> int:
     s = args.settings
     wall = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
     base_cfg = DistillConfig.from_yaml(args.config) if args.config else DistillConfig(**DISTILL)
-    splits = data_mod.load_task(args.data, s["n_train"], s["n_eval"], args.seed)  # fails fast on bad data
+    splits = load_data(args)
     if not splits["train"] or not splits["eval"]:
         raise data_mod.DataError(f"data {args.data!r} has an empty train or eval split")
     num_labels = data_mod.infer_num_labels(splits)
     configs = configurations(args)
-    if args.data_note:
-        print(args.data_note, file=sys.stderr)
     print(f"data: {args.data}: {len(splits['train'])} train, {len(splits['eval'])} eval examples, "
           f"{num_labels} labels", file=sys.stderr)
     print(f"plan: {len(configs)} configurations ({', '.join(c.label for c in configs)}) x {len(args.seed_list)} "
