@@ -209,12 +209,13 @@ def prepare(run, progress: bool = True) -> Prepared:
     from ..run import _num_labels, distill, encode_splits, load_data, teacher_source
 
     student_dir = Path(run.output) / "distilled" / "student"
-    if not (student_dir / "config.json").is_file():
+    distilled = not (student_dir / "config.json").is_file()
+    if distilled:
         _log(f"no distilled student in {student_dir}: distilling first (as `metakd distill` does)")
         distill(run, progress=progress, resume_if_present=True)  # continues an interrupted distillation
     else:
         _log(f"compressing the distilled student in {student_dir}")
-    splits = load_data(run)
+    splits = load_data(run, report=not distilled)  # distill has said what it read
     num_labels = _num_labels(run, splits)
     teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_source(run))
     if teacher_tokenizer.pad_token_id is None:
