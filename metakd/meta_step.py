@@ -202,10 +202,12 @@ class MetaStepMixin:
         return first_rows(batch, size)
 
     def _run_trunk(self, batch: Mapping[str, Any]) -> TrunkOutput | None:
-        """The frozen trunk's outputs on ``batch`` (no grad), or None when every block learns."""
+        """The frozen trunk's outputs on ``batch`` (no grad), or None when every block learns. It runs
+        in the same autocast as the rest of the teacher: the replayed blocks then give the soft labels
+        of a plain KD step's teacher forward."""
         if self.trunk is None:
             return None
-        with self.timer.phase("teacher_forward"):
+        with self.timer.phase("teacher_forward"), self.autocast():
             return self.trunk.run(model_inputs(batch, "teacher"))
 
     def _reusing_trunk(self, trunk: TrunkOutput | None) -> ContextManager[None]:
