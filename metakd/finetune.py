@@ -26,6 +26,12 @@ from .losses import next_token_ce
 from .rng import restore_global_rng
 
 
+FINETUNE_VERSION = 1
+"""The version of the fine-tuning code, part of a cached fine-tuned teacher's key
+(``metakd.teacher_cache``): raise it with any change that alters the weights ``finetune_classifier``
+produces from the same inputs (the optimizer, the schedule, the loss, the batching, the head's seeding),
+so teachers fine-tuned by the old code are not reused."""
+
 REPORT_SECONDS = 60.0
 """Without a progress bar, ``metakd finetune-teacher`` says where it is this often (seconds)."""
 

@@ -1,5 +1,6 @@
 """Fine-tuned teachers, reused safely: each is recorded with what it was trained from (the base
-teacher, a fingerprint of the data, the label names, the seed and the fine-tuning settings),
+teacher, a fingerprint of the data, the label names, the seed, the dtype, the fine-tuning settings
+and the version of the fine-tuning code),
 cached under ``$METAKD_CACHE/finetuned/KEY`` so any output directory reuses it, and checked when
 ``OUTPUT/teacher`` is picked up, so a teacher fine-tuned for another run is never taken."""
 
@@ -20,23 +21,53 @@ if TYPE_CHECKING:
 RECORD = "metakd_finetune.json"
 
 
+HUB_NOTE = ("not in the local hub cache when the run started: keyed by its name only, so a new upload under "
+            "this name is not noticed (delete the cache entry to fine-tune it again)")
+
+
+def _files_under(path: Path) -> list[Path]:
+    """Every file under ``path``, at any depth (hidden ones too), in a stable order."""
+    return sorted(p for p in path.rglob("*") if p.is_file())
+
+
+def hub_revision(repo_id: str) -> str | None:
+    """The commit of the hub model ``repo_id`` in the local hub cache (the snapshot its config.json
+    resolves to, without a request), or None when it is not there."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # a malformed id or cache: no revision, said in the note
+        return None
+    return Path(found).parent.name if isinstance(found, str) else None
+
+
 def source_identity(source: str) -> dict[str, Any]:
-    """A model source: a local directory by its resolved path and its files' names, sizes and
-    modification times; anything else (a hub id, new:ARCH) by name."""
+    """A model source: a local directory by its resolved path and the names (relative, at any
+    depth), sizes and modification times of its files; a hub id by name and the commit of its
+    snapshot in the local hub cache (else with ``HUB_NOTE``); new:ARCH by name."""
+    from .data.hub import is_hub_id
+
     path = Path(source)
     if path.is_dir():
-        files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file())
+        files = [(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in _files_under(path)]
         return {"path": str(path.resolve()), "files": files}
+    if not source.startswith("new:") and is_hub_id(source):
+        revision = hub_revision(source)
+        return {"name": source, "revision": revision} if revision else {"name": source, "note": HUB_NOTE}
     return {"name": source}
 
 
 def data_identity(data: str | dict) -> dict[str, Any]:
-    """The data spec and the SHA-256 of every local file it reads (of a directory: every file in it)."""
+    """The data spec and the SHA-256 of every local file it reads (of a directory: every file
+    under it, at any depth)."""
     specs = list(data.values()) if isinstance(data, dict) else [data]
     files = {}
     for spec in specs:
         path = Path(spec)
-        paths = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+        paths = _files_under(path) if path.is_dir() else [path] if path.is_file() else []
         files.update({str(p.resolve()): file_sha256(p) for p in paths})
     from .synthetic import splits_identity
 
@@ -44,7 +75,11 @@ def data_identity(data: str | dict) -> dict[str, Any]:
 
 
 def teacher_origin(run: "RunConfig", base: str, label_names: Sequence[str] | None) -> dict[str, Any]:
-    """What a fine-tuned teacher is trained from: its cache key is a hash of this."""
+    """What a fine-tuned teacher is trained from: its cache key is a hash of this. ``code``: the
+    fine-tuning code's version (``metakd.finetune.FINETUNE_VERSION``) and metakd's."""
+    from . import __version__
+    from .finetune import FINETUNE_VERSION
+
     return json.loads(json.dumps({
         "teacher": run.teacher, "base": source_identity(base), "teacher_config": run.teacher_config,
         "data": data_identity(run.data), "task": run.task, "text_column": run.text_column,
@@ -52,6 +87,8 @@ def teacher_origin(run: "RunConfig", base: str, label_names: Sequence[str] | Non
         "label_names": list(label_names) if label_names is not None else None,
         "n_train": run.finetune.get("n_train") or run.n_train,  # the examples the teacher trains on
         "seed": run.distill.seed, "max_length": run.distill.max_length, "finetune": run.finetune,
+        "teacher_dtype": run.teacher_dtype or "fp32",  # the dtype the teacher is loaded and fine-tuned in
+        "code": {"finetune": FINETUNE_VERSION, "metakd": __version__},
     }, default=str))
 
 
