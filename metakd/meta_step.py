@@ -16,7 +16,7 @@ from .forward import Outputs, checkpointed_blocks, model_inputs, run, to_device
 from .metagrad import MetaProblem, MetaResult, meta_gradient
 from .metagrad.base import NullTimer
 from .trunk import FrozenTrunk, TrunkOutput, first_rows
-from .precision import autocast
+from .precision import advance_scale, autocast
 from .rng import seeded, step_seed
 
 log = logging.getLogger("metakd.distiller")
@@ -297,6 +297,7 @@ class MetaStepMixin:
                     p.grad = g
                 self.student_optimizer.step()
                 self.student_optimizer.zero_grad(set_to_none=True)
+                advance_scale(self.scaler, found_inf=False)  # fp16: a clean step counts towards the scale's growth
             out["student_loss"] = result.inner_loss
         return out
 

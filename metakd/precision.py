@@ -62,6 +62,27 @@ def make_scaler(device: torch.device | str, precision: str) -> torch.amp.GradSca
     return scaler
 
 
+def advance_scale(scaler: torch.amp.GradScaler, found_inf: bool) -> None:
+    """Move ``scaler``'s loss scale on after a step whose gradients it did not unscale itself (the
+    meta-step's backends unscale theirs), exactly as ``scaler.update()`` does after ``scaler.step``:
+    an overflow multiplies the scale by the backoff factor and restarts the count of clean steps;
+    a clean step counts, and every ``growth_interval`` clean steps in a row multiply the scale by the
+    growth factor (kept when that would overflow float32). A no-op when the scaler is disabled."""
+    if not scaler.is_enabled():
+        return
+    state = scaler.state_dict()
+    scale, clean = float(state["scale"]), int(state["_growth_tracker"])
+    if found_inf:
+        scale, clean = scale * state["backoff_factor"], 0
+    else:
+        clean += 1
+        if clean == state["growth_interval"]:
+            grown = scale * state["growth_factor"]
+            scale = grown if grown <= torch.finfo(torch.float32).max else scale
+            clean = 0
+    scaler.load_state_dict({**state, "scale": scale, "_growth_tracker": clean})
+
+
 def upcast(t: Tensor) -> Tensor:
     """``t`` in float32 when it is float16/bfloat16 (losses and softmaxes run in fp32), else ``t``."""
     return t.float() if t.dtype in _LOW else t
@@ -85,5 +106,5 @@ def parse_dtype(name: str | None, what: str = "teacher_dtype") -> torch.dtype | 
     return DTYPES[name]
 
 
-__all__ = ["DTYPES", "PRECISIONS", "PrecisionError", "active_dtype", "autocast", "autocast_dtype", "check_precision",
+__all__ = ["DTYPES", "PRECISIONS", "PrecisionError", "active_dtype", "advance_scale", "autocast", "autocast_dtype", "check_precision",
            "make_scaler", "parse_dtype", "upcast"]

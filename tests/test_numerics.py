@@ -83,3 +83,40 @@ def test_meta_step_teacher_runs_in_one_autocast_with_a_frozen_trunk(arch):
     torch.testing.assert_close(seen[1], after, rtol=0, atol=0)
     fp32 = d.trunk.run(model_inputs(batch, "teacher")).outputs[last]  # the test can tell fp32 from bf16
     assert not torch.equal(fp32[0] if isinstance(fp32, tuple) else fp32, want_trunk)
+
+
+# ---------------------------------------------------------------------------- 2. fp16 loss-scale growth
+@pytest.mark.parametrize("pilot", ["restore", "reuse"])
+def test_fp16_loss_scale_grows_every_growth_interval_clean_steps_with_either_pilot(pilot):
+    """Every clean step counts towards the GradScaler's growth: with growth_interval 2, four clean
+    meta-steps double the scale twice, whether the student steps on a second teacher forward
+    (restore) or on the pilot's gradient (reuse)."""
+    d = _mixed("gpt2", precision="fp16", pilot=pilot)
+    d.scaler.set_growth_interval(2)
+    d.scaler.update(2.0 ** 8)
+    scales = []
+    for i in range(4):
+        metrics = d.step(make_batch(2 * i), make_batch(2 * i + 1))
+        assert metrics["meta"] == 1.0 and metrics["skipped"] == 0.0
+        scales.append(metrics["loss_scale"])
+    assert scales == [2.0 ** 8, 2.0 ** 9, 2.0 ** 9, 2.0 ** 10]
+
+
+def test_advance_scale_moves_the_scale_as_the_scalers_own_update():
+    """``advance_scale`` against ``scaler.step`` + ``scaler.update()`` on real gradients, clean or inf,
+    over a sequence that grows, backs off (restarting the count) and grows again."""
+    from metakd.precision import advance_scale, make_scaler
+
+    ours, real = make_scaler("cpu", "fp16"), make_scaler("cpu", "fp16")
+    for s in (ours, real):
+        s.set_growth_interval(3)
+    w = torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([w], lr=0.0)
+    for found_inf in (False, False, True, False, False, False, False, True, True, False, False, False):
+        real.scale((w * (float("inf") if found_inf else 1.0)).sum()).backward()
+        real.step(opt)
+        real.update()
+        opt.zero_grad()
+        advance_scale(ours, found_inf)
+        assert ours.state_dict() == real.state_dict()
+    advance_scale(make_scaler("cpu", "bf16"), True)  # disabled: nothing to do
