@@ -60,7 +60,8 @@ class StepLog:
     - ``eta_seconds``: the mean time of the steps after the first, times the steps left.
 
     ``resume_step``: continue a log whose run resumed at that step (lines at or after it, written
-    after the checkpoint, are dropped); None starts a new log. ``filename``: the log's name in
+    after the checkpoint, are dropped, and so are TensorBoard events: ``purge_step``); None starts
+    a new log. ``filename``: the log's name in
     ``directory`` (``FINETUNE_LOG_FILE`` for the teacher's fine-tuning)."""
 
     def __init__(self, directory: str | Path, device: torch.device | str, total_steps: int,
@@ -74,7 +75,10 @@ class StepLog:
         self._file = self.path.open("w", encoding="utf-8")
         self._file.writelines(kept)
         self._file.flush()
-        self._writer = (tensorboard_writer_class()(log_dir=str(self.directory / TENSORBOARD_DIR))
+        # purge_step: TensorBoard drops the events at or after it that earlier files hold (those a
+        # killed run wrote after its checkpoint; all of them for a new run), as log.jsonl drops its lines
+        self._writer = (tensorboard_writer_class()(log_dir=str(self.directory / TENSORBOARD_DIR),
+                                                   purge_step=resume_step if resume_step is not None else 0)
                         if report_to == "tensorboard" else None)
         self._meter = EnergyMeter()
         self._counter = self._meter.open_counter()

@@ -89,3 +89,31 @@ def test_progress_bar_shows_an_eta(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "eta=0:00:00" in err  # the last step's postfix: nothing left
     assert format_eta(3725.2) == "1:02:05" and format_eta(math.nan) == "?"
+
+
+def _tensorboard_steps(tmp_path, key="train/student_loss"):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(key)]
+
+
+def _log_steps(tmp_path, steps, offset: float, resume_step=None):
+    log = StepLog(tmp_path, "cpu", total_steps=8, report_to="tensorboard", resume_step=resume_step)
+    for s in steps:
+        log.begin()
+        log.end({"step": float(s), "student_loss": offset + s}, {}, steps_done=s + 1)
+    log.close()
+
+
+def test_resumed_tensorboard_events_hold_each_step_once(tmp_path):
+    """Killed after step 4 with the checkpoint at step 3: the resumed run's steps 3 and 4 replace
+    the first run's (purge_step), as in log.jsonl; a new run starts new events."""
+    pytest.importorskip("tensorboard")
+    _log_steps(tmp_path, range(5), offset=0.0)
+    _log_steps(tmp_path, range(3, 8), offset=10.0, resume_step=3)
+    assert _tensorboard_steps(tmp_path) == [(s, float(s if s < 3 else 10 + s)) for s in range(8)]
+    assert [line["step"] for line in read_log(tmp_path)] == list(range(8))
+    _log_steps(tmp_path, range(2), offset=20.0)  # a new run (--overwrite) into the same directory
+    assert _tensorboard_steps(tmp_path) == [(0, 20.0), (1, 21.0)]
