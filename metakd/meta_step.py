@@ -44,6 +44,19 @@ def _non_finite(quantities: Sequence[tuple[str, Any]]) -> tuple[str, ...]:
     return tuple(name for name, value in quantities if not _finite(value))
 
 
+_GRADIENTS = frozenset({"student gradient", "pilot gradient", "meta-gradient"})
+
+
+def fp16_overflow(bad: Sequence[str], loss_scaling: bool) -> bool:
+    """The one rule telling an fp16 loss-scale overflow from a numerical fault. ``bad``: a step's
+    NaN/inf quantities in the order they are computed (:func:`_non_finite`; a plain step: student loss,
+    student gradient; a meta-step: inner loss, pilot gradient, quiz loss, meta-gradient). With loss
+    scaling on, the step overflowed when the first of them is a gradient: every loss before it is
+    finite, so the scaled backward overflowed, and what follows it (a NaN quiz loss at θ − η·inf) is
+    its consequence. Such a step is skipped and the scale lowered; the numerical guards do not count it."""
+    return loss_scaling and bool(bad) and bad[0] in _GRADIENTS
+
+
 def _join(names: Sequence[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
@@ -182,7 +195,7 @@ class MetaStepMixin:
             self.scaler.unscale_(self.student_optimizer)  # fp16: the true gradients (else a no-op)
             value = float(loss.detach())
             bad = _non_finite([("student loss", value), ("student gradient", [p.grad for p in self.student_params])])
-            if bad == ("student gradient",) and self.scaler.is_enabled():
+            if fp16_overflow(bad, self.scaler.is_enabled()):
                 self._overflow = True  # fp16 loss scale too high: the scaler skips the step and lowers it
                 self.scaler.step(self.student_optimizer)
             elif bad:  # skip: never step on a NaN/inf loss or gradient
@@ -264,16 +277,12 @@ class MetaStepMixin:
         result = self.meta_gradient(batch, quiz_batch, trunk)
         bad = _non_finite([("inner loss", result.inner_loss), ("pilot gradient", result.pilot_grads),
                            ("quiz loss", result.quiz_loss), ("meta-gradient", result.phi_grads)])
-        if (bad and self.scaler.is_enabled() and "inner loss" not in bad
-                and ("pilot gradient" in bad or "quiz loss" not in bad)):
-            # fp16: a finite loss whose (scaled) gradient overflowed (a NaN quiz loss then follows from an
-            # inf pilot gradient): the loss scale is too high. Skip the step and lower the scale.
-            self._overflow = True
-            self.scaler.update(self._loss_scale() * self.scaler.get_backoff_factor())
-            return {"inner_loss": result.inner_loss, "quiz_loss": result.quiz_loss, "teacher_grad_norm": math.nan,
-                    "student_loss": result.inner_loss}
         if bad:  # skip the whole step before anything is applied: neither the teacher nor the student moves
-            self._step_bad += bad
+            if fp16_overflow(bad, self.scaler.is_enabled()):  # the loss scale is too high: lower it
+                self._overflow = True
+                advance_scale(self.scaler, found_inf=True)
+            else:
+                self._step_bad += bad
             return {"inner_loss": result.inner_loss, "quiz_loss": result.quiz_loss, "teacher_grad_norm": math.nan,
                     "student_loss": result.inner_loss}
         with self.timer.phase("teacher_step"):

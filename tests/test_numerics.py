@@ -120,3 +120,35 @@ def test_advance_scale_moves_the_scale_as_the_scalers_own_update():
         advance_scale(ours, found_inf)
         assert ours.state_dict() == real.state_dict()
     advance_scale(make_scaler("cpu", "bf16"), True)  # disabled: nothing to do
+
+
+# ---------------------------------------------------------------------------- 5. one overflow rule
+def test_one_fp16_overflow_rule_for_plain_and_meta_steps():
+    """An overflow is a NaN/inf whose first quantity, in the order computed, is a gradient; a NaN/inf
+    loss first is a numerical fault; without loss scaling nothing is an overflow."""
+    from metakd.meta_step import fp16_overflow
+
+    overflow = [("student gradient",), ("pilot gradient",), ("pilot gradient", "quiz loss", "meta-gradient"),
+                ("meta-gradient",)]
+    fault = [(), ("student loss",), ("student loss", "student gradient"), ("inner loss", "pilot gradient"),
+             ("quiz loss",), ("quiz loss", "meta-gradient")]
+    assert all(fp16_overflow(bad, True) for bad in overflow)
+    assert not any(fp16_overflow(bad, True) for bad in fault)
+    assert not any(fp16_overflow(bad, False) for bad in overflow)
+
+
+@pytest.mark.parametrize("meta_every", [1, 2])
+def test_an_overflowed_step_restarts_the_growth_count_in_plain_and_meta_steps(meta_every):
+    """As GradScaler.update() does: after an overflow (step 1, a meta-step or a plain one) the scale
+    grows only after growth_interval clean steps, not counting the clean step before the overflow."""
+    d = _mixed("gpt2", precision="fp16", meta_every=meta_every, max_bad_steps=1)
+    d.scaler.set_growth_interval(3)
+    d.scaler.update(2.0 ** 8)
+    assert d.step(make_batch(0), make_batch(1))["skipped"] == 0.0  # a clean meta-step: one clean step counted
+    d.scaler.update(2.0 ** 120)  # the next step overflows
+    metrics = d.step(make_batch(2), make_batch(3))
+    assert metrics["meta"] == float(meta_every == 1)
+    assert metrics["skipped"] == 1.0 and metrics["loss_scale"] == 2.0 ** 119 and d.bad_in_a_row == 0
+    d.scaler.update(2.0 ** 8)
+    scales = [d.step(make_batch(4 + 2 * i), make_batch(5 + 2 * i))["loss_scale"] for i in range(3)]
+    assert scales == [2.0 ** 8, 2.0 ** 8, 2.0 ** 9]
