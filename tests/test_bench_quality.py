@@ -1,4 +1,5 @@
-"""`metakd bench quality`: the paired statistics, the grid choice, its flags, and --quick end to end."""
+"""`metakd bench quality`: the grid choice, the grid seed kept out of the compared seeds, its flags,
+and --quick end to end."""
 
 from __future__ import annotations
 
@@ -9,26 +10,6 @@ import sys
 import pytest
 
 from metakd.bench import quality
-from metakd.bench.stats import paired_difference, t_quantile
-
-
-def test_t_quantiles_match_the_tables():
-    assert t_quantile(0.975, 4) == pytest.approx(2.7764, abs=1e-4)
-    assert t_quantile(0.975, 1) == pytest.approx(12.7062, abs=1e-3)
-    assert t_quantile(0.8, 4) == pytest.approx(0.9410, abs=1e-4)
-    assert t_quantile(0.025, 9) == pytest.approx(-2.2622, abs=1e-4)
-
-
-def test_paired_difference_interval_and_detectable_difference():
-    d = paired_difference([0.80, 0.81, 0.79, 0.80, 0.82], [0.82, 0.82, 0.80, 0.83, 0.83])
-    diffs = [0.02, 0.01, 0.01, 0.03, 0.01]
-    sd = (sum((x - 0.016) ** 2 for x in diffs) / 4) ** 0.5
-    assert d["mean"] == pytest.approx(0.016) and d["std"] == pytest.approx(sd) and d["n"] == 5
-    assert d["ci_low"] == pytest.approx(0.016 - 2.7764 * sd / 5 ** 0.5, abs=1e-5)
-    assert d["detectable"] == pytest.approx((2.7764 + 0.9410) * sd / 5 ** 0.5, abs=1e-5)
-    assert paired_difference([0.5], [0.6])["ci_low"] is None  # one pair: no interval
-    with pytest.raises(ValueError, match="equally many"):
-        paired_difference([1.0, 2.0], [1.0])
 
 
 def _grid_run(mode: str, acc: float, lr: float, loss: float | None = None) -> dict:
@@ -82,6 +63,8 @@ def _bench(*argv: str, timeout: int = 120) -> subprocess.CompletedProcess:
     (["--seeds", "0,1", "--control-seeds", "1,2"], "--control-seeds must be among --seeds"),
     (["--control-seeds", "1,1"], "--control-seeds must list distinct integers"),
     (["--control-seeds", "x"], "--control-seeds takes comma-separated integers"),
+    (["--seeds", "0,1,2", "--grid-seed", "2"], "--grid-seed 2 is among --seeds 0,1,2"),
+    (["--quick", "--grid-seed", "1"], "--grid-seed 1 is among --seeds 0,1"),
 ])
 def test_bad_flags_fail_fast_with_one_line(argv, flag):
     proc = _bench(*argv)
@@ -110,6 +93,15 @@ def test_quick_end_to_end(tmp_path):
         assert e["seeds"] == payload["seeds"] == [0, 1]
         assert (arm == "none") == ("delta_best" not in e)
     assert len(payload["grid"]) == 2 and payload["chosen"]["full"]["teacher_lr"] in (1e-4, 1e-3)
+    # the grid ran on a seed of its own; no grid run is among the compared runs, each of which ran afresh
+    assert payload["grid_seed"] == quality.GRID_SEED and payload["compared_seeds"] == [0, 1]
+    assert all(r["seed"] == quality.GRID_SEED and r["kind"] == "grid" for r in payload["grid"])
+    assert all(r["seed"] in (0, 1) and r["kind"] != "grid" for r in payload["results"])
+    main = [(r["mode"], r["seed"]) for r in payload["results"] if r["kind"] == "main"]
+    assert sorted(main) == sorted((m, s) for m in ("none", "lora", "full") for s in (0, 1))
+    md = (out / "q.md").read_text()
+    assert f"Grid (seed {quality.GRID_SEED}, not a compared seed" in md
+    assert f"seeds compared: 0, 1; the grid ran on seed {quality.GRID_SEED}, not among them" in md
     for r in payload["results"]:
         assert r["best_validation"]["step"] in [p["step"] for p in r["validation_curve"]]
         assert {"teacher_accuracy", "teacher_entropy", "teacher_kl_from_initial"} <= set(r["eval_curve"][-1])
@@ -118,6 +110,16 @@ def test_quick_end_to_end(tmp_path):
         # the frozen control distils from exactly the final meta-updated teacher (LoRA: adapters merged in)
         before = frozen[(r["mode"], r["seed"])]["teacher_before"]["accuracy"]
         assert before == pytest.approx(r["teacher_after"]["accuracy"])
+
+
+def test_the_default_grid_seed_is_not_a_compared_seed():
+    for argv in ([], ["--quick"]):
+        args = quality.parse(argv)
+        assert args.grid_seed == quality.GRID_SEED and args.grid_seed not in args.seed_list
+    # no grid to run (one value of each): the grid seed is unused, so it may be among --seeds
+    args = quality.parse(["--seeds", "0,1", "--grid-seed", "0", "--lora-teacher-lrs", "1e-3", "--lora-ranks", "4",
+                          "--pilot-lrs", "0.01", "--full-teacher-lrs", "1e-4"])
+    assert args.grid_seed == 0
 
 
 def test_control_seeds_default_to_every_seed_and_keep_the_order_given():
@@ -137,7 +139,7 @@ def test_stored_runs_keep_their_key_when_a_setting_is_added_at_its_default(tmp_p
 
 
 def test_controls_take_the_main_meta_run_not_a_teacher_layers_arm():
-    # at the grid seed the chosen grid run is appended after the teacher_layers arms of the same mode
+    # a seed's teacher_layers arm of a mode may come before its main run
     main = [{"kind": "main", "mode": "none", "seed": 0}, {"kind": "layers", "mode": "lora", "seed": 0, "kept_teacher": None},
             {"kind": "main", "mode": "lora", "seed": 0, "kept_teacher": "t0"}]
     assert quality.meta_run(main, "lora", 0)["kept_teacher"] == "t0"
