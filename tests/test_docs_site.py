@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -54,11 +55,20 @@ def test_readme_maps_every_page():
     assert not missing, f"README.md's map of the docs does not link: {missing}"
 
 
-def _slugs(page: Path) -> set[str]:
-    from markdown.extensions.toc import slugify
+def _slugify(value: str, separator: str = "-") -> str:
+    """Python-Markdown's toc slugify (the anchors mkdocs writes), where markdown is not installed."""
+    try:
+        from markdown.extensions.toc import slugify
+    except ImportError:
+        value = unicodedata.normalize("NFKD", value).encode("ascii", "ignore").decode("ascii")
+        value = re.sub(r"[^\w\s-]", "", value).strip().lower()
+        return re.sub(rf"[{separator}\s]+", separator, value)
+    return slugify(value, separator)
 
+
+def _slugs(page: Path) -> set[str]:
     text = re.sub(r"^```.*?^```", "", page.read_text(encoding="utf-8"), flags=re.S | re.M)
-    return {slugify(m.group(1).strip(), "-") for m in re.finditer(r"^#{1,6} (.+)$", text, flags=re.M)}
+    return {_slugify(m.group(1).replace("`", "").strip()) for m in re.finditer(r"^#{1,6} (.+)$", text, flags=re.M)}
 
 
 def _code_free(text: str) -> str:
