@@ -48,14 +48,16 @@ def recipe_settings(name: str) -> dict[str, Any]:
 
 def apply_recipe(config: Any, explicit: set[str]) -> dict[str, Any]:
     """Fill ``config``'s fields named by its recipe that are not in ``explicit`` (the fields the user
-    set); returns what it set (empty without a recipe)."""
+    set; an explicit ``teacher_lr`` keeps the recipe's ``teacher_lr_ratio`` out, which would override
+    it); returns what it set (empty without a recipe)."""
     if config.recipe is None:
         return {}
     filled = {}
     for key, value in recipe_settings(config.recipe).items():
-        if key not in explicit:
-            setattr(config, key, value)
-            filled[key] = value
+        if key in explicit or (key == "teacher_lr_ratio" and "teacher_lr" in explicit):
+            continue  # a teacher_lr the config set is the teacher's lr: the recipe's ratio would override it
+        setattr(config, key, value)
+        filled[key] = value
     return filled
 
 
