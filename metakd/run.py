@@ -53,7 +53,14 @@ class RunConfig:
     """The label column, by name or 0-based position. None: the first of label, labels, target,
     sentiment, gold_label, is_duplicate, Quality."""
     header: bool | None = None
-    """Delimited files: whether the first row is a header (null: decided from evidence, reported)."""
+    """Delimited files: whether the first row is a header (null: decided from strong evidence only, and
+    reported; when the evidence is weak the run stops with one line that shows the first row)."""
+    encoding: str | None = None
+    """Local data files: their text encoding ("latin-1", "cp1252", "utf-16", ...); None: UTF-8 (a file that
+    is not stops the run with one line: the byte offset, what it looks like, how to convert it)."""
+    allow_eval_overlap: bool = False
+    """Accept eval data more than half of whose texts are also training texts (its scores measure memory);
+    the count and share of such texts are reported either way."""
     label_map: dict[str, str] = field(default_factory=dict)
     """Data label name -> label name of a trained teacher (or student) with other names for the same classes."""
     n_train: int | None = None
@@ -454,7 +461,8 @@ def load_data(run: RunConfig, seed: int | None = None, report: bool = True) -> d
         return data_mod.load_lm_corpus(run.data, seed=seed)
     return data_mod.load_task(run.data, run.n_train, run.n_eval, seed, text_column=run.text_column,
                               label_column=run.label_column, header=run.header,
-                              report=_log if report else _quiet)
+                              report=_log if report else _quiet, encoding=run.encoding,
+                              allow_eval_overlap=run.allow_eval_overlap)
 
 
 def _quiet(message: str) -> None:

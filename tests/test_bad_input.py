@@ -65,6 +65,16 @@ def files(tmp_path_factory) -> dict[str, Path]:
                        }.items():
         (root / name).write_text(text)
         f[name] = root / name
+    # issue 31: a Latin-1 file, a first row that may be a header or data, an eval file of training rows
+    f["latin1.csv"] = root / "latin1.csv"
+    f["latin1.csv"].write_bytes(("text,label\n" + _rows(2).replace("good", "gr\u00e9at")).encode("latin-1"))
+    f["weak_header.tsv"] = root / "weak_header.tsv"
+    f["weak_header.tsv"].write_text("Happy birthday mom\tjoy\n" + "".join(f"{w} {i}\t{'pos' if i % 2 else 'neg'}\n"
+                                                                         for i in range(8) for w in WORDS))
+    (root / "copied_eval").mkdir()
+    for name in ("train.csv", "dev.csv"):
+        (root / "copied_eval" / name).write_text("text,label\n" + _rows(2))
+    f["copied_eval"] = root / "copied_eval"
     # a classifier fine-tuned for 2 labels, given as the teacher and found in output/teacher
     two = tiny_classifier("bert", num_labels=2)
     two.config.architectures = ["BertForSequenceClassification"]
@@ -128,6 +138,13 @@ CASES = {
                                      "no label column (looked for label, labels", ()),
     "hub data set unknown or unreachable": (lambda f: _cls(f, data="hub:no-such-org/no-such-data-xyz"),
                                             "cannot load 'hub:no-such-org/no-such-data-xyz'", ()),
+    "data file not UTF-8": (lambda f: _cls(f, data=f["latin1.csv"]),
+                            "latin1.csv: not UTF-8: byte 0xe9 at offset 26 (line 2); the bytes look like Latin-1", ()),
+    "header or data, weak evidence": (lambda f: _cls(f, data=f["weak_header.tsv"]),
+                                      "weak_header.tsv: is the first row ['Happy birthday mom', 'joy'] a header or "
+                                      "data?", ()),
+    "eval file of training rows": (lambda f: _cls(f, data=f["copied_eval"], n_train=None, n_eval=None),
+                                   "copied_eval: 48 of 48 eval texts (100.0%) are also training texts", ()),
     "causal_lm corpus empty": (lambda f: _lm(f, data=f["empty.txt"]), "empty.txt is empty", ()),
     # ------------------------------------------------------------------ labels
     "3 classes for a 2-label teacher": (lambda f: _cls(f, teacher=f["two_label_classifier"], data=f["three.csv"]),
@@ -180,6 +197,7 @@ CASES = {
 # Variants of a checked category run through metakd.cli.main in this process: the same code path
 # (argparse, the run file, the checks, the error guard) without ~3 s of importing torch per case.
 IN_PROCESS = {"student layers: not integers", "data file of blank lines", "jsonl without a label column",
+              "data file not UTF-8", "header or data, weak evidence", "eval file of training rows",
               "finetune.lr negative", "feature_layers not a mapping", "finetune typo", "--set typo", "data name typo",
               "YAML tab indentation", "--set value not YAML"}
 

@@ -212,18 +212,25 @@ def test_header_kept_when_known_names_or_non_integer_label(tmp_path):
     path = tmp_path / "data.csv"
     path.write_text("sentence,label\nnice,1\n")
     assert read_labelled_file(path) == [("nice", 1)]
-    # unknown names, but the label cell is no integer: a header
+    # a known name in the label cell alone is no evidence (a class may be called 'Quality'): asked
     path.write_text("words,text\nnice,film\n")
-    with pytest.raises(DataError, match="no label column"):
+    with pytest.raises(DataError, match=r"is the first row \['words', 'text'\] a header or data"):
         read_labelled_file(path)
-    assert read_labelled_file(path, label_column="words") == [("film", "nice")]
+    assert read_labelled_file(path, label_column="words") == [("film", "nice")]  # a name given: a header
+    # a known name elsewhere in the row, or a name cell over integer labels: a header
+    path.write_text("text,stars\nnice,1\n")
+    assert read_labelled_file(path, label_column="stars") == [("nice", 1)]
+    path.write_text("words,stars\nnice,1\ndull,0\n")
+    with pytest.raises(DataError, match="no text column"):
+        read_labelled_file(path)
 
 
 def test_header_false_and_true(tmp_path):
     path = tmp_path / "data.tsv"
-    # string labels and no evidence of a header: the first row stays data (never dropped on a guess)
+    # string labels and no strong evidence either way: asked (never taken or dropped on a guess)
     path.write_text("great fun\tpositive\nawful\tnegative\n")
-    assert read_labelled_file(path) == [("great fun", "positive"), ("awful", "negative")]
+    with pytest.raises(DataError, match=r"is the first row \['great fun', 'positive'\] a header or data"):
+        read_labelled_file(path)
     assert read_labelled_file(path, header=False) == [("great fun", "positive"), ("awful", "negative")]
     # header=True: a first row that would look like data is the header all the same
     path.write_text("x\t1\ngood\t0\n")
@@ -422,10 +429,12 @@ def test_load_task_directory_json_and_txt_pairs(tmp_path):
 def test_load_task_directory_passes_column_options(tmp_path):
     (tmp_path / "train.tsv").write_text("good\tyes\nbad\tno\nfine\tyes\n")
     (tmp_path / "dev.tsv").write_text("good\tyes\n")
-    task = load_task(str(tmp_path), header=False)
+    with pytest.raises(DataError, match="1 of 1 eval texts"):  # the eval text is a training text
+        load_task(str(tmp_path), header=False)
+    task = load_task(str(tmp_path), header=False, allow_eval_overlap=True)
     assert task["label_names"] == ["no", "yes"]
     assert task["train"] == [("good", 1), ("bad", 0), ("fine", 1)] and task["eval"] == [("good", 1)]
-    task = load_task(str(tmp_path), header=False, text_column=1, label_column=0)
+    task = load_task(str(tmp_path), header=False, text_column=1, label_column=0, allow_eval_overlap=True)
     assert task["label_names"] == ["bad", "fine", "good"] and task["train"][0] == ("yes", 2)
 
 
@@ -623,7 +632,10 @@ def test_load_task_hub_general_form(fake_hub):
     assert out["train"] == [(("p1", "h1"), 1), (("p2", "h2"), 0), (("p3", "h3"), 1)]
     assert out["eval"] == [(("p9", "h9"), 0)]  # no validation split: test
     # explicit columns, no config
-    out = load_task("hub:someone/nli", text_column="hypothesis", label_column="label", eval_split="train")
+    with pytest.raises(DataError, match=r"3 of 3 eval texts \(100.0%\) are also training texts"):
+        load_task("hub:someone/nli", text_column="hypothesis", label_column="label", eval_split="train")
+    out = load_task("hub:someone/nli", text_column="hypothesis", label_column="label", eval_split="train",
+                    allow_eval_overlap=True)
     assert fake_hub.calls[-1] == ("someone/nli", None, {})
     assert out["eval"][0] == ("h1", 1)
     with pytest.raises(DataError, match=r"no eval split 'dev'; its splits are \['train', 'test'\]"):

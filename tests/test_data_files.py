@@ -1,5 +1,5 @@
-"""Users' own files: header decisions from evidence (no row dropped on a guess), the report of
-rows read, short error messages, and the data spec forms of run files."""
+"""Users' own files: header decisions from strong evidence only (no row taken or dropped on a
+guess), the report of rows read, short error messages, and the data spec forms of run files."""
 
 from __future__ import annotations
 
@@ -27,22 +27,29 @@ def test_headerless_string_labels_keep_the_first_row(tmp_path):
     assert len(rows) == 41 and rows[0][1] == "World"
     assert lines == [f"read 41 rows from {path}: no header row (the first row's label 'World' is a label of "
                      "other rows too)"]
-    # a label that only row 1 has: still data, and the report says why
+    # a label that only row 1 has, beside 4 classes of 10: weak evidence, so the reader asks
     path.write_text("\n".join(news_rows(41, first_label="Weather")) + "\n")
+    with pytest.raises(DataError, match=r"is the first row \['A storm hits.*'Weather'\] a header or data\? Its "
+                                        r"label 'Weather' occurs in no other row \(as data it would be a class of one "
+                                        r"example, beside 4 classes of 10 examples\).*header: true or header: false"):
+        read_labelled_file(path)
     lines.clear()
-    rows = read_labelled_file(path, report=lines.append)
+    rows = read_labelled_file(path, header=False, report=lines.append)
     assert len(rows) == 41 and rows[0] == ("A storm hits the coast, told at length", "Weather")
-    assert "no header row" in lines[0] and "'Weather' occurs in no other row" in lines[0]
+    assert lines == [f"read 41 rows from {path}: no header row (header: false)"]
 
 
-def test_unknown_header_names_over_long_texts_are_a_header(tmp_path):
+def test_unknown_header_names_ask_for_header(tmp_path):
     path = tmp_path / "news.csv"
     path.write_text("\n".join(["title,category"] + news_rows(8)) + "\n")
-    lines: list[str] = []
-    rows = read_labelled_file(path, text_column=0, label_column=1, report=lines.append)
-    assert len(rows) == 8 and "header row taken" in lines[0] and "look like column names" in lines[0]
+    # names no list knows, over longer texts: the shapes are no evidence; the reader asks
+    with pytest.raises(DataError, match=r"is the first row \['title', 'category'\] a header or data\?"):
+        read_labelled_file(path, text_column=0, label_column=1)
     # header: false keeps it as data, header: true takes it, whatever the evidence
     assert len(read_labelled_file(path, header=False, text_column=0, label_column=1)) == 9
+    assert len(read_labelled_file(path, header=True, text_column=0, label_column=1)) == 8
+    # a name passed as a column is strong evidence
+    assert len(read_labelled_file(path, text_column="title", label_column="category")) == 8
     path.write_text("\n".join(news_rows(8)) + "\n")
     assert len(read_labelled_file(path, header=True, text_column=0, label_column=1)) == 7
 
@@ -67,7 +74,7 @@ def test_headerless_four_columns_by_position(tmp_path):
 
 def test_load_task_reports_every_file(tmp_path):
     (tmp_path / "train.csv").write_text("\n".join(news_rows(20)) + "\n")
-    (tmp_path / "dev.csv").write_text("\n".join(news_rows(8)) + "\n")
+    (tmp_path / "dev.csv").write_text("\n".join(row.replace("Story", "Dev story") for row in news_rows(8)) + "\n")
     lines: list[str] = []
     task = load_task(str(tmp_path), text_column=0, label_column=1, report=lines.append)
     assert (len(task["train"]), len(task["eval"])) == (20, 8) and len(lines) == 2
@@ -82,7 +89,9 @@ def test_swapped_columns_give_a_short_error(tmp_path):
         load_task(str(tmp_path), text_column=0, label_column=1)  # swapped: the texts are the labels
     message = str(info.value)
     assert len(message) < 1200, len(message)
-    assert "(40 in all)" in message and "(400 in all)" in message and "swapped" in message
+    assert message.startswith(f"{tmp_path / 'train.csv'}: column 1, the label, holds 400 distinct values in 400 rows")
+    assert "(400 in all)" in message and "column 0 holds 4 distinct values" in message
+    assert "swapped? If so, set text_column: 1, label_column: 0" in message
 
 
 def test_data_mapping_names_both_files(tmp_path):

@@ -29,26 +29,29 @@ def _blocks() -> list[str]:
 
 
 def _write_files(root: Path) -> dict[str, tuple[int, int, list[str]]]:
-    """Files for each example, and what each must load as: (train rows, eval rows, label names)."""
+    """Files for each example, and what each must load as: (train rows, eval rows, label names). Eval
+    texts are held out: eval data that is mostly training data is refused."""
     (root / "glue_rte").mkdir()
     pairs = [f"A man walks {i}.\tA person moves {i}.\t{'entailment' if i % 2 else 'not_entailment'}\n"
              for i in range(12)]
     (root / "glue_rte" / "train.tsv").write_text("\ufeffsentence1\tsentence2\tlabel\n" + "".join(pairs))
-    (root / "glue_rte" / "dev.tsv").write_text("sentence1\tsentence2\tlabel\n" + "".join(pairs[:4]))
+    held_out = [p.replace("walks", "runs") for p in pairs[:4]]
+    (root / "glue_rte" / "dev.tsv").write_text("sentence1\tsentence2\tlabel\n" + "".join(held_out))
     (root / "reviews.csv").write_text("text,label\n" + "".join(f'"good, truly {i}",1\n"bad {i}",0\n' for i in range(10)))
     (root / "news").mkdir()
     news = [f'{TOPICS[i % 4]},"Title {i}","Description of story {i}, at some length"\n' for i in range(40)]
     (root / "news" / "train.csv").write_text("".join(news))
-    (root / "news" / "test.csv").write_text("".join(news[:8]))
+    (root / "news" / "test.csv").write_text("".join(row.replace("Title", "Test title") for row in news[:8]))
     (root / "qnli").mkdir()
     for name, n in (("train.jsonl", 10), ("validation.jsonl", 4)):
-        (root / "qnli" / name).write_text("".join(json.dumps({"question": f"q{i}?", "sentence": f"s {i}.", "label": i % 2})
-                                                  + "\n" for i in range(n)))
+        q = "q" if name.startswith("train") else "eval q"
+        (root / "qnli" / name).write_text("".join(json.dumps({"question": f"{q}{i}?", "sentence": f"s {i}.",
+                                                              "label": i % 2}) + "\n" for i in range(n)))
     (root / "cola").mkdir()
     cola = [f"gj04\t{i % 2}\t{'' if i % 2 else '*'}\tSentence number {i} here.\n" for i in range(10)]
     (root / "cola" / "train.tsv").write_text("".join(cola))
-    (root / "cola" / "dev.tsv").write_text("".join(cola[:2]))
-    (root / "topics.txt").write_text("".join(f"__label__{t} The match {i} ended\n" for i in range(5)
+    (root / "cola" / "dev.tsv").write_text("".join(line.replace("number", "held out") for line in cola[:2]))
+    (root / "topics.txt").write_text("".join(f"__label__{t} The {t} match {i} ended\n" for i in range(5)
                                              for t in ("sports", "politics")))
     return {"glue_rte/": (12, 4, ["entailment", "not_entailment"]), "reviews.csv": (18, 2, ["0", "1"]),
             "news/train.csv": (40, 8, sorted(TOPICS)), "qnli/": (10, 4, ["0", "1"]), "cola/": (10, 2, ["0", "1"]),

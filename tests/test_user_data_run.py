@@ -12,7 +12,7 @@ from metakd.cli import main
 from .test_data_files import news_rows
 
 
-def write_run(tmp_path, encoder, data, output="out", extra: str = "") -> str:
+def write_run(tmp_path, encoder, data, output="out", extra: str = "", header: str | None = "false") -> str:
     run = tmp_path / "run.yaml"
     run.write_text(f"""
 teacher: {encoder}
@@ -20,6 +20,7 @@ student: "first:1"
 data: {data}
 text_column: 0
 label_column: 1
+{"" if header is None else f"header: {header}"}
 finetune: {{epochs: 1, max_steps: 3, batch_size: 8}}
 output: {tmp_path / output}
 distill: {{meta_update: lora, max_steps: 2, batch_size: 8, max_length: 16, progress: false}}
@@ -40,9 +41,13 @@ def test_headerless_string_labelled_four_classes(tmp_path, tiny_encoder, capsys,
 def _headerless_run(tmp_path, encoder, capsys):
     data = tmp_path / "news.csv"
     data.write_text("\n".join(news_rows(101, first_label="Weather")) + "\n")
+    # a label only the first row has: weak evidence either way, so the run asks in one line (issue 31)
+    assert main(["distill", write_run(tmp_path, encoder, data, header=None), "--no-progress"]) == 2
+    asked = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(asked) == 1 and "is the first row" in asked[0] and "header: true or header: false" in asked[0], asked
     assert main(["distill", write_run(tmp_path, encoder, data), "--no-progress"]) == 0
     err = capsys.readouterr().err
-    assert f"read 101 rows from {data}: no header row" in err
+    assert f"read 101 rows from {data}: no header row (header: false)" in err
     # --no-progress hides transformers' bars too
     assert "Loading weights" not in err and "Writing model shards" not in err
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())

@@ -1,5 +1,5 @@
 """Columns of tabular rows (files with a header, JSON records, hub sets): which columns hold the
-texts and the label, and the examples they give."""
+texts and the label (a default name matches ignoring case too), and the examples they give."""
 
 from __future__ import annotations
 
@@ -31,8 +31,9 @@ def _resolve_columns(text_column: ColumnSpec, label_column: str | int | None, co
         if len(text_keys) not in (1, 2):
             raise DataError(f"{source}: text_column names one column, or two for a pair; got {text_column!r}")
     elif not headerless:
-        pair = next((p for p in PAIR_COLUMNS if p[0] in columns and p[1] in columns), None)
-        single = next((name for name in TEXT_COLUMNS if name in columns), None)
+        pair = next((found for found in ((_named(a, columns), _named(b, columns)) for a, b in PAIR_COLUMNS)
+                     if None not in found), None)
+        single = next((found for found in map(lambda name: _named(name, columns), TEXT_COLUMNS) if found), None)
         if pair is None and single is None:
             looked = ", ".join("/".join(p) for p in PAIR_COLUMNS) + "; then " + ", ".join(TEXT_COLUMNS)
             raise DataError(f"{source}: no text column (looked for pairs {looked}); columns are "
@@ -46,7 +47,7 @@ def _resolve_columns(text_column: ColumnSpec, label_column: str | int | None, co
     elif headerless:
         label_key = columns[-1]
     else:
-        label_key = next((name for name in LABEL_COLUMNS if name in columns), None)
+        label_key = next((found for found in map(lambda name: _named(name, columns), LABEL_COLUMNS) if found), None)
         if label_key is None:
             raise DataError(f"{source}: no label column (looked for {', '.join(LABEL_COLUMNS)}); "
                             f"columns are {_show_list(columns)}{tip}")
@@ -58,6 +59,15 @@ def _resolve_columns(text_column: ColumnSpec, label_column: str | int | None, co
     if label_key in text_keys:
         raise DataError(f"{source}: column {label_key!r} cannot be both text and label")
     return text_keys, label_key
+
+
+def _named(name: str, columns: list) -> Any:
+    """The column called ``name``: exactly, else the one column that matches ignoring case
+    (``Review`` for ``review``); None when there is none."""
+    if name in columns:
+        return name
+    matches = [c for c in columns if isinstance(c, str) and c.casefold() == name.casefold()]
+    return matches[0] if len(matches) == 1 else None
 
 
 def _keys(spec: ColumnSpec, columns: list, headerless: bool, source: str, what: str) -> list:

@@ -4,21 +4,25 @@ detection."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
+from collections import Counter
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 from .columns import _KNOWN_COLUMNS, ColumnSpec, _examples, _resolve_columns
 from .errors import DataError, _show, _show_list
 from .labels import Text, _check_label_kinds, _parse_label
+from .text import read_text
 
 CLASSIFICATION_SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".txt")
 
 
 def read_labelled_file(path: str | Path, text_column: ColumnSpec = None, label_column: str | int | None = None,
                        header: bool | None = None,
-                       report: Callable[[str], None] | None = None) -> list[tuple[Text, int | str]]:
+                       report: Callable[[str], None] | None = None, *,
+                       encoding: str | None = None) -> list[tuple[Text, int | str]]:
     """Labelled examples from one file: ``(text, label)`` or ``((text_a, text_b), label)``.
 
     Labels come back as ``int`` when they are integers in the file (``"1"``, ``1``, ``1.0``) and
@@ -28,14 +32,16 @@ def read_labelled_file(path: str | Path, text_column: ColumnSpec = None, label_c
 
     Formats, by suffix (case-insensitive):
 
-    * ``.tsv`` (no quoting, as GLUE writes it) and ``.csv`` (standard quoting). ``header=None``
-      detects the header from evidence: a cell that is a known column name (or a name passed
-      here) makes the first row a header; a label cell (the last one, or ``label_column`` given
-      by position) that is an integer, or a label other rows carry too, makes it data; a
-      name-like label cell over integer labels, or name-like cells over longer texts, make it a
-      header; anything else is kept as data. ``header=True/False`` says so. A file
-      without a header has columns 0, 1, ...: two columns are ``text, label``, three are
-      ``text_a, text_b, label``; otherwise name them by position.
+    * ``.tsv`` (no quoting, as GLUE writes it) and ``.csv`` (standard quoting). ``header=True/False``
+      says whether the first row names the columns. ``header=None`` decides only on strong
+      evidence (see ``_header_decision``): the first row is data when its label cell (the last
+      one, or ``label_column`` given by position) is an integer or a label other rows carry too;
+      it is a header when a cell other than the label cell is a known column name (or a name
+      passed here), or when its label cell cannot be a label of the file (a name over integer
+      labels, or no label at all). Anything else is weak evidence, and a DataError shows the first
+      row and asks for ``header``: no row is taken or dropped on a guess. A file without a header
+      has columns 0, 1, ...: two columns are ``text, label``, three are ``text_a, text_b, label``;
+      otherwise name them by position.
     * ``.jsonl``: one JSON object per line. ``.json``: a list of objects.
     * ``.txt``: one example per line, ``label<TAB>text`` (or ``label<TAB>text_a<TAB>text_b``),
       or fastText's ``__label__NAME text``; no header, no columns to name. (Plain running text
@@ -44,12 +50,38 @@ def read_labelled_file(path: str | Path, text_column: ColumnSpec = None, label_c
     Columns: ``text_column`` names one column, or two for a pair (``"question,sentence"`` or a
     tuple); ``label_column`` one. Names or 0-based positions. When not given, the text columns
     are the first of ``PAIR_COLUMNS`` present, else of ``TEXT_COLUMNS``; the label is the first
-    of ``LABEL_COLUMNS``. Texts are stripped; an empty text, a row with a different number of
-    fields than the header (ragged), a missing value or a missing column raise DataError naming
-    the file, the row and the columns found.
+    of ``LABEL_COLUMNS`` (a name that matches only ignoring case counts too). Texts are stripped;
+    an empty text, a row with a different number of fields than the header (ragged), a missing
+    value or a missing column raise DataError naming the file, the row and the columns found. A
+    label column of names with about one class per row (more distinct names than half the rows,
+    10 rows or more) holds texts, not classes: a DataError names the likely swap.
+
+    ``encoding``: the file's text encoding (default UTF-8, a byte-order mark skipped); a file that
+    is not UTF-8 (Latin-1, binary) is a one-line DataError with the byte offset and how to convert it.
 
     ``report``, when given, gets one line: how many rows were read and the header decision.
     """
+    examples, _ = _read_labelled(path, text_column, label_column, header, report, encoding)
+    return examples
+
+
+class _Layout:
+    """Where a file's texts and labels were: column keys (names, or positions without a header)."""
+
+    def __init__(self, text_keys: tuple, label_key: Any, txt: bool = False):
+        self.text_keys, self.label_key, self.txt = text_keys, label_key, txt
+
+    def name(self, key: Any) -> str:
+        if self.txt:
+            return "the label field" if key == self.label_key else f"text field {key}"
+        return f"column {key}" if isinstance(key, int) else f"column {key!r}"
+
+
+def _read_labelled(path: str | Path, text_column: ColumnSpec, label_column: str | int | None, header: bool | None,
+                   report: Callable[[str], None] | None, encoding: str | None,
+                   check_classes: bool = True) -> tuple[list[tuple[Text, int | str]], _Layout]:
+    """``read_labelled_file``'s examples and where they came from; ``check_classes=False`` skips the
+    check that the label column holds classes (an eval file of a many-class task may be small)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
@@ -57,16 +89,20 @@ def read_labelled_file(path: str | Path, text_column: ColumnSpec = None, label_c
     if suffix not in CLASSIFICATION_SUFFIXES:
         raise DataError(f"{path}: unsupported file type {suffix or '(no suffix)'!r}; "
                         f"use {', '.join(CLASSIFICATION_SUFFIXES)}")
+    if header is not None and not isinstance(header, bool):
+        raise DataError(f"header must be true, false or null (decided from the file), got {header!r}")
+    text = read_text(path, encoding)
     if suffix == ".txt":
         if text_column is not None or label_column is not None:
             raise DataError(f"{path}: a .txt file has no columns to name (one 'label<TAB>text' per line)")
-        examples, where = _read_txt(path)
+        examples, where = _read_txt(path, text)
+        layout = _Layout((1, 2), 0, txt=True)
     else:
         if suffix in (".tsv", ".csv"):
-            rows, columns, lines, headerless, decision = _read_delimited(path, suffix, header, text_column,
+            rows, columns, lines, headerless, decision = _read_delimited(path, text, suffix, header, text_column,
                                                                          label_column)
         else:
-            rows, columns, lines = _read_json(path, suffix)
+            rows, columns, lines = _read_json(path, text, suffix)
             headerless, decision = False, "records"
 
         def where(i: int) -> str:
@@ -75,16 +111,64 @@ def read_labelled_file(path: str | Path, text_column: ColumnSpec = None, label_c
         hint = header is None and suffix in (".tsv", ".csv") and not headerless
         text_keys, label_key = _resolve_columns(text_column, label_column, columns, headerless, str(path), hint)
         examples = _examples(rows, text_keys, label_key, where)
+        layout = _Layout(text_keys, label_key)
     _check_label_kinds([y for _, y in examples], where)
+    if check_classes:
+        _check_classes(examples, layout, str(path))
     if report is not None:
         how = "lines" if suffix == ".txt" else "rows"
         report(f"read {len(examples):,} {how} from {path}" + ("" if suffix in (".txt", ".json", ".jsonl")
                                                              else f": {decision}"))
-    return examples
+    return examples, layout
 
 
-def _read_txt(path: Path) -> tuple[list[tuple[Text, int | str]], Callable[[int], str]]:
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
+SWAP_MIN_ROWS = 10
+"""The fewest rows at which a label column with more classes than half its rows is refused."""
+
+
+def _check_classes(examples: Sequence[tuple[Text, int | str]], layout: _Layout, source: str) -> None:
+    """A DataError when the label column holds about one value per row (texts, not classes),
+    naming the text column that looks like the label."""
+    if not examples:
+        return
+    keys = layout.text_keys[:1 if isinstance(examples[0][0], str) else 2]
+    message = _swap_message([y for _, y in examples], [_texts_at(examples, i) for i in range(len(keys))],
+                            layout.label_key, keys, layout.name)
+    if message is not None:
+        if layout.txt:
+            message += ("; a .txt file holds 'label<TAB>text' per line: write 'text<TAB>label' lines as .tsv "
+                        "and name the columns")
+        raise DataError(f"{source}: {message}")
+
+
+def _texts_at(examples: Sequence[tuple[Text, int | str]], i: int) -> list[str]:
+    return [t if isinstance(t, str) else t[i] for t, _ in examples]
+
+
+def _swap_message(labels: Sequence, columns: Sequence[Sequence], label_key: Any, keys: Sequence,
+                  name: Callable[[Any], str]) -> str | None:
+    """Why ``labels`` look like texts (None when they look like classes): more distinct values
+    than half the rows; and which of ``columns`` (values by row, keyed by ``keys``) holds few
+    distinct values, the likely label."""
+    n, counts = len(labels), Counter(y for y in labels if isinstance(y, str))
+    if n < SWAP_MIN_ROWS or len(counts) * 2 <= n:  # integer ids are classes, however many
+        return None
+    message = (f"{name(label_key)}, the label, holds {len(counts):,} distinct values in {n:,} rows "
+               f"({_show(list(counts), 3)}): texts, not classes")
+    few = [(len(set(values)), key, values) for key, values in zip(keys, columns) if values]
+    few = [item for item in few if item[0] * 2 <= n]
+    if few:
+        distinct, key, values = min(few, key=lambda item: item[0])
+        swap = f"text_column: {label_key}, label_column: {key}"
+        message += (f"; {name(key)} holds {distinct:,} distinct values ({_show(sorted(set(values)), 5)}): are the "
+                    f"text and label columns swapped? If so, set {swap}")
+    else:
+        message += "; are the text and label columns swapped? Name them with text_column and label_column"
+    return message
+
+
+def _read_txt(path: Path, text: str) -> tuple[list[tuple[Text, int | str]], Callable[[int], str]]:
+    lines = text.splitlines()
     numbered = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
     if not numbered:
         raise DataError(f"{path} holds no examples")
@@ -130,25 +214,24 @@ def _read_txt(path: Path) -> tuple[list[tuple[Text, int | str]], Callable[[int],
     return examples, where
 
 
-def _read_delimited(path: Path, suffix: str, header: bool | None, text_column: ColumnSpec,
+def _read_delimited(path: Path, text: str, suffix: str, header: bool | None, text_column: ColumnSpec,
                     label_column: str | int | None) -> tuple[list[dict], list, list[int], bool, str]:
     delimiter = "\t" if suffix == ".tsv" else ","
     quoting = csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL
     raw: list[list[str]] = []
     lines: list[int] = []
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh, delimiter=delimiter, quoting=quoting)
-        try:
-            for row in reader:
-                if row and any(cell.strip() for cell in row):
-                    raw.append(row)
-                    lines.append(reader.line_num)
-        except csv.Error as exc:
-            raise DataError(f"{path}, line {reader.line_num}: {exc}") from exc
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    try:
+        for row in reader:
+            if row and any(cell.strip() for cell in row):
+                raw.append(row)
+                lines.append(reader.line_num)
+    except csv.Error as exc:
+        raise DataError(f"{path}, line {reader.line_num}: {exc}") from exc
     if not raw:
         raise DataError(f"{path} holds no examples")
     if header is None:
-        header, decision = _header_decision(raw, text_column, label_column)
+        header, decision = _header_decision(path, raw, text_column, label_column)
     else:
         decision = "header row taken (header: true)" if header else "no header row (header: false)"
     if header:
@@ -170,33 +253,33 @@ def _read_delimited(path: Path, suffix: str, header: bool | None, text_column: C
     return rows, columns, lines, not header, decision
 
 
-def _header_decision(raw: list[list[str]], text_column: ColumnSpec,
+def _header_decision(path: Path, raw: list[list[str]], text_column: ColumnSpec,
                      label_column: str | int | None) -> tuple[bool, str]:
-    """Whether the first row of a delimited file is a header, and the evidence, from: cells that
-    are known column names (or names passed here); the first row's label cell (the last one, or
-    ``label_column`` by position) being an integer, or a label that other rows carry too; the
-    other rows' labels being integers; first-row cells that look like column names where the
-    other rows hold longer texts. When the evidence does not point to a header the row is data:
-    no row is dropped on a guess."""
+    """Whether the first row of a delimited file is a header, and the evidence; decided only on
+    strong evidence:
+
+    * data: its label cell (the last one, or ``label_column`` given by position) is an integer,
+      or a label that other rows carry too;
+    * a header: a cell other than the label cell is a known column name (``TEXT_COLUMNS``,
+      ``LABEL_COLUMNS``, ``PAIR_COLUMNS``, ignoring case), or any cell is a name given in
+      ``text_column``/``label_column``; or its label cell cannot be a label of this file (a name
+      over integer labels, or no label: empty, or a non-integer number).
+
+    Anything else (a label that occurs in no other row, next to cells that could be data: a
+    known label word such as ``Quality`` alone is no evidence) is weak evidence either way: a
+    DataError shows the first row and asks for ``header: true|false``. When the label column
+    holds about one distinct value per row, the DataError names the likely swap of columns."""
     cells = [cell.strip() for cell in raw[0]]
-    known = set(_KNOWN_COLUMNS)
-    for spec in (text_column, label_column):
-        if isinstance(spec, str):
-            known.update([spec] + [s.strip() for s in spec.split(",")])
-        elif isinstance(spec, (tuple, list)):
-            known.update(s for s in spec if isinstance(s, str))
-    names = [cell for cell in cells if cell in known]
-    if names:
-        return True, f"header row taken: {_show(names, 4)} are column names"
     position = label_column if isinstance(label_column, int) and not isinstance(label_column, bool) else -1
     if not -len(cells) <= position < len(cells):
         return False, "no header row (the first row has too few cells for the label column)"
+    label_at = position % len(cells)
     try:
-        first = _parse_label(cells[position], "")
+        first = _parse_label(cells[label_at], "")
     except DataError:
-        return True, f"header row taken: its label cell {cells[position]!r} is no label"
+        return True, f"header row taken: its label cell {cells[label_at]!r} is no label"
     if isinstance(first, int):
-        return False, f"no header row (the first row's label cell {cells[position]!r} is an integer)"
+        return False, f"no header row (the first row's label cell {cells[label_at]!r} is an integer)"
     others = []
     for row in raw[1:]:
         if -len(row) <= position < len(row):
@@ -206,31 +289,43 @@ def _header_decision(raw: list[list[str]], text_column: ColumnSpec,
                 pass
     if first in others:
         return False, f"no header row (the first row's label {first!r} is a label of other rows too)"
+    given = _given_names(text_column, label_column)
+    known = {name.casefold() for name in _KNOWN_COLUMNS}
+    if any(cell in given or (i != label_at and cell.casefold() in known) for i, cell in enumerate(cells)):
+        names = [cell for cell in cells if cell in given or cell.casefold() in known]
+        return True, f"header row taken: {_show(names, 4)} " + ("is a column name" if len(names) == 1
+                                                                   else "are column names")
     if others and all(isinstance(y, int) for y in others):
         return True, f"header row taken: its label cell {first!r} is a name, the other rows' labels are integers"
-    label_at = position % len(cells)
-    if isinstance(text_column, int) and not isinstance(text_column, bool):
-        text_at = [text_column]
-    elif isinstance(text_column, (tuple, list)) and all(isinstance(c, int) for c in text_column):
-        text_at = list(text_column)
-    else:
-        text_at = [i for i in range(len(cells)) if i != label_at]
-    name_like = all(_NAME.fullmatch(cells[i]) for i in text_at + [label_at] if 0 <= i < len(cells))
-    words = sorted(len(row[i].split()) for row in raw[1:201] for i in text_at if 0 <= i < len(row))
-    typical = words[len(words) // 2] if words else 0
-    first_words = max((len(cells[i].split()) for i in text_at if 0 <= i < len(cells)), default=0)
-    if name_like and typical >= 2 * max(first_words, 1):
-        return True, (f"header row taken: its cells {_show(cells, 4)} look like column names and its label "
-                      f"{first!r} occurs in no other row")
-    return False, (f"no header row (kept the first row as data: its label {first!r} occurs in no other row, but "
-                   "its cells do not look like column names; set header: true if they are)")
+    columns = [[row[i].strip() for row in raw if i < len(row)] for i in range(len(cells)) if i != label_at]
+    swap = _swap_message([first] + others, columns, label_at, [i for i in range(len(cells)) if i != label_at],
+                         lambda key: f"column {key}")
+    if swap is not None:
+        raise DataError(f"{path}: {swap} (and whether the first row is a header is unclear: say header: true or "
+                        "header: false)")
+    counts = Counter(str(y) for y in others)
+    single = ""
+    if counts and min(counts.values()) >= 2:
+        low, high = min(counts.values()), max(counts.values())
+        single = (f" (as data it would be a class of one example, beside {len(counts):,} classes of {low:,}"
+                  + ("" if low == high else f" to {high:,}") + " examples)")
+    raise DataError(f"{path}: is the first row {_show_list(cells, 6)} a header or data? Its label {first!r} occurs "
+                    f"in no other row{single} and no other cell is a known column name: weak evidence either way. "
+                    "Say header: true or header: false in the run file (header=True or header=False in Python)")
 
 
-_NAME = re.compile(r"[A-Za-z_#][\w#.\- ]{0,39}")
+def _given_names(text_column: ColumnSpec, label_column: str | int | None) -> set[str]:
+    """The column names passed in ``text_column`` and ``label_column`` (``"a,b"`` as a and b too)."""
+    given: set[str] = set()
+    for spec in (text_column, label_column):
+        if isinstance(spec, str):
+            given.update([spec] + [part.strip() for part in spec.split(",")])
+        elif isinstance(spec, (tuple, list)):
+            given.update(part for part in spec if isinstance(part, str))
+    return given
 
 
-def _read_json(path: Path, suffix: str) -> tuple[list[dict], list, list[int] | None]:
-    text = path.read_text(encoding="utf-8-sig")
+def _read_json(path: Path, text: str, suffix: str) -> tuple[list[dict], list, list[int] | None]:
     if suffix == ".jsonl":
         rows, lines = [], []
         for n, line in enumerate(text.splitlines(), 1):

@@ -4,20 +4,25 @@ hub set (``HUB_TASKS`` or ``hub:NAME[:CONFIG]``)."""
 from __future__ import annotations
 
 import difflib
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import torch
 
+from .batching import _text_key
 from .columns import ColumnSpec, _examples, _resolve_columns
 from .errors import DataError, _show, _show_list
-from .files import CLASSIFICATION_SUFFIXES, read_labelled_file
+from .files import CLASSIFICATION_SUFFIXES, _read_labelled
 from .hub import EVAL_SPLITS, _hub_load, _parse_hub_spec
 from .labels import Example, Text, _check_label_kinds, _map_labels
 
 
 EVAL_FILES = ("dev", "validation", "valid", "test", "dev_matched", "validation_matched")
 """File names (without suffix) of a data directory's eval file, in the order tried."""
+
+EVAL_OVERLAP_LIMIT = 0.5
+"""The largest share of eval texts that may also be training texts without ``allow_eval_overlap``."""
 
 
 class HubTask(NamedTuple):
@@ -48,7 +53,8 @@ HUB_TASKS: dict[str, HubTask] = {
 def load_task(spec: str | Mapping[str, str], n_train: int | None = None, n_eval: int | None = None,
               seed: int = 0, *, text_column: ColumnSpec = None, label_column: str | int | None = None,
               header: bool | None = None, eval_split: str | None = None,
-              report: Callable[[str], None] | None = None) -> dict[str, Any]:
+              report: Callable[[str], None] | None = None, encoding: str | None = None,
+              allow_eval_overlap: bool = False) -> dict[str, Any]:
     """Train and eval examples of a classification task, and its label names.
 
     Returns ``{"train": [...], "eval": [...], "label_names": [...]}``; examples are
@@ -72,22 +78,44 @@ def load_task(spec: str | Mapping[str, str], n_train: int | None = None, n_eval:
       the first of validation, validation_matched, dev, valid, test). Needs network (or the hub
       cache).
 
-    Files are read by ``read_labelled_file`` (``text_column``, ``label_column`` and ``header``
-    go to it, and pick the columns of hub sets too). Labels: integer labels keep their values
-    (names ``"0"``, ``"1"``, ...; hub sets give their class names); label names are mapped to ids
-    in the sorted order of the train labels (of the whole file for a single file), and an eval
-    label that train lacks is an error. ``n_train``/``n_eval`` take a seeded random subset that
+    Files are read by ``read_labelled_file`` (``text_column``, ``label_column``, ``header`` and
+    ``encoding`` go to it; the column options pick the columns of hub sets too); a training file
+    whose label column holds about one class per row is refused as likely swapped columns.
+    Labels: integer labels keep their values (names ``"0"``, ``"1"``, ...; hub sets give their
+    class names); label names are mapped to ids in the sorted order of the train labels (of the
+    whole file for a single file), and an eval label that train lacks is an error. ``n_train``/``n_eval`` take a seeded random subset that
     keeps the file order; the label mapping does not depend on them. ``report`` gets one line per
     file read (rows read, header decision).
+
+    Eval texts that are also training texts (the same text, or pair, as the quiz split compares
+    them) are counted: a line to ``report`` (a warning without it) gives the count and share, and
+    above ``EVAL_OVERLAP_LIMIT`` (half) the eval data is refused unless ``allow_eval_overlap``.
     """
+    if not isinstance(allow_eval_overlap, bool):
+        raise DataError(f"allow_eval_overlap must be true or false, got {allow_eval_overlap!r}")
+    task = _load(spec, n_train, n_eval, seed, text_column, label_column, header, eval_split, report, encoding)
+    _check_overlap(task, spec, allow_eval_overlap, report)
+    return task
+
+
+def _load(spec: str | Mapping[str, str], n_train: int | None, n_eval: int | None, seed: int,
+          text_column: ColumnSpec, label_column: str | int | None, header: bool | None, eval_split: str | None,
+          report: Callable[[str], None] | None, encoding: str | None) -> dict[str, Any]:
     class_names = None
-    read = dict(text_column=text_column, label_column=label_column, header=header, report=report)
+    options = dict(text_column=text_column, label_column=label_column, header=header, report=report,
+                   encoding=encoding)
+
+    def read(path: Path, role: str) -> list[tuple[Text, int | str]]:
+        return _read_labelled(path, **options, check_classes=role == "train")[0]
+
     if isinstance(spec, Mapping):
         paths = _named_files(spec)
-        raw = {role: read_labelled_file(p, **read) for role, p in paths.items()}
+        raw = {role: read(p, role) for role, p in paths.items()}
         mapped, names = _map_labels(raw, f"{paths['train']} / {paths['eval']}")
         return {"train": _subset(mapped["train"], n_train, seed), "eval": _subset(mapped["eval"], n_eval, seed + 1),
                 "label_names": names}
+    if encoding is not None and (_embedded(spec) or spec in HUB_TASKS or spec.startswith("hub:")):
+        raise DataError(f"encoding applies to local files, not to {spec!r}")
     if spec == "embedded" or spec.startswith("embedded:"):
         if text_column is not None or label_column is not None or header is not None:
             raise DataError("text_column, label_column and header do not apply to the embedded task")
@@ -106,11 +134,10 @@ def load_task(spec: str | Mapping[str, str], n_train: int | None = None, n_eval:
     else:
         path = Path(spec)
         if path.is_dir():
-            raw = {"train": read_labelled_file(_find(path, ("train",)), **read),
-                   "eval": read_labelled_file(_find(path, EVAL_FILES), **read)}
+            raw = {"train": read(_find(path, ("train",)), "train"), "eval": read(_find(path, EVAL_FILES), "eval")}
             mapped, names = _map_labels(raw, str(path))
         elif path.is_file():
-            rows, names = _map_labels({"train": read_labelled_file(path, **read)}, str(path))
+            rows, names = _map_labels({"train": read(path, "train")}, str(path))
             rows = rows["train"]
             order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
             cut = max(1, len(rows) // 10)
@@ -128,6 +155,34 @@ def load_task(spec: str | Mapping[str, str], n_train: int | None = None, n_eval:
                             + (f"; did you mean {hint[0]!r}?" if hint else ""))
     return {"train": _subset(mapped["train"], n_train, seed), "eval": _subset(mapped["eval"], n_eval, seed + 1),
             "label_names": names}
+
+
+def _check_overlap(task: dict[str, Any], spec: str | Mapping[str, str], allow: bool,
+                   report: Callable[[str], None] | None) -> None:
+    """Count the eval texts that are also training texts; refuse more than EVAL_OVERLAP_LIMIT of
+    them unless ``allow``."""
+    if (isinstance(spec, str) and _embedded(spec)) or not task["eval"]:
+        return  # the embedded eval set is held out by construction
+    train = {_text_key(example) for example in task["train"]}
+    shared = sum(_text_key(example) in train for example in task["eval"])
+    if not shared:
+        return
+    n, share = len(task["eval"]), shared / len(task["eval"])
+    where = f"{spec['eval']} (eval) / {spec['train']} (train)" if isinstance(spec, Mapping) else str(spec)
+    line = f"{where}: {shared:,} of {n:,} eval texts ({share:.1%}) are also training texts"
+    if share > EVAL_OVERLAP_LIMIT and not allow:
+        raise DataError(f"{line}, more than {EVAL_OVERLAP_LIMIT:.0%}: the eval data is (mostly) training data, and "
+                        "its scores would measure memory, not generalisation; evaluate on held-out texts, or set "
+                        "allow_eval_overlap: true in the run file (allow_eval_overlap=True in Python)")
+    line += "; scores on them are inflated"
+    if report is not None:
+        report(f"warning: {line}")
+    else:
+        warnings.warn(line, stacklevel=3)
+
+
+def _embedded(spec: str) -> bool:
+    return spec == "embedded" or spec.startswith("embedded:")
 
 
 def _named_files(spec: Mapping[str, Any]) -> dict[str, Path]:
