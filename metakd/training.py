@@ -169,6 +169,8 @@ class TrainingLoopMixin:
             if ckpt.has_checkpoint(checkpoint_dir):
                 meta = ckpt.load_checkpoint(checkpoint_dir, self, self._data_fingerprint)
                 history, self._fit_start = meta["history"], meta["fit_start"]
+                if not isinstance(cfg.meta_start, int):  # the share counts from where the resumed fit started
+                    self.meta_start_step = self._fit_start["step"] + int(round(cfg.meta_start * total))
                 for key, generator in shuffle.items():  # the loaders have not drawn yet
                     generator.set_state(self._fit_start[key])
                 # a shorter max_steps: nothing left to do
