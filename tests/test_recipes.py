@@ -251,3 +251,40 @@ def test_the_metadistil_recipe_reaches_the_distiller(monkeypatch):
     history = d.fit(EXAMPLES)
     assert quiz_rows == [12, 12]  # the whole quiz split
     assert seen == [m["student_lr"] for m in history["train"]]
+
+
+def test_a_resumed_second_fit_keeps_its_meta_start(tmp_path):
+    """meta_start as a share resolves against the fit it belongs to: a fresh process resuming the
+    second fit of a run (which started at step 3) must not count from step 0."""
+    import os
+    import signal
+
+    from metakd.checkpoint import TrainingInterrupted
+
+    def two_fits(d, checkpoint_dir=None, kill_at=None):
+        d.fit(EXAMPLES)  # steps 0-2, meta from round(0.5·3) = 2
+        d.config = d.config.replace(max_steps=4)  # steps 3-6, meta from 3 + round(0.5·4) = 5
+        if kill_at is not None:
+            step = d.step
+
+            def step_then_signal(*args):
+                out = step(*args)
+                if d.steps_done == kill_at:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return out
+
+            d.step = step_then_signal
+        return d.fit(EXAMPLES, checkpoint_dir=checkpoint_dir)
+
+    whole = _distiller(meta_start=0.5, max_steps=3)
+    history = two_fits(whole)
+    assert [m["meta"] for m in history["train"]] == [0.0, 0.0, 1.0, 1.0]
+    with pytest.raises(TrainingInterrupted):
+        two_fits(_distiller(meta_start=0.5, max_steps=3), tmp_path, kill_at=4)
+    resumed = _distiller(meta_start=0.5, max_steps=4)
+    again = resumed.fit(EXAMPLES, checkpoint_dir=tmp_path, resume=True)
+    assert [m["meta"] for m in again["train"]] == [0.0, 0.0, 1.0, 1.0]
+    assert resumed.steps_done == whole.steps_done == 7
+    assert all(torch.equal(a.detach(), b.detach()) for a, b in zip(resumed.phi, whole.phi))
+    assert all(torch.equal(a, b) for a, b in zip(resumed.student.state_dict().values(),
+                                                 whole.student.state_dict().values()))
