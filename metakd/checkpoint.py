@@ -28,7 +28,7 @@ from torch import nn
 
 from .atomic import atomic_directory
 from .config import ConfigError, DistillConfig
-from .schedules import scheduler_state
+from .schedules import load_teacher_schedule, scheduler_state
 
 FORMAT = "metakd.checkpoint"
 VERSION = 2
@@ -263,7 +263,7 @@ def load_checkpoint(directory: str | Path, distiller: Any, data: dict[str, Any] 
             p.copy_(teacher[name])
     _load_optimizer("optim_student", distiller.student_optimizer, meta["optimizers"]["student"], tensors)
     _load_optimizer("optim_teacher", distiller.teacher_optimizer, meta["optimizers"]["teacher"], tensors)
-    _load_schedulers(distiller, meta.get("schedulers"), directory)
+    _load_schedulers(distiller, meta.get("schedulers"), directory, int(meta.get("fit_start_step", 0)))
     if meta.get("scaler") and getattr(distiller, "scaler", None) is not None and distiller.scaler.is_enabled():
         distiller.scaler.load_state_dict(meta["scaler"])
     distiller.steps_done = int(meta["steps_done"])
@@ -277,7 +277,7 @@ def load_checkpoint(directory: str | Path, distiller: Any, data: dict[str, Any] 
     return meta
 
 
-def _load_schedulers(distiller: Any, saved: dict[str, Any] | None, directory: Path) -> None:
+def _load_schedulers(distiller: Any, saved: dict[str, Any] | None, directory: Path, fit_start_step: int = 0) -> None:
     """Restore the learning-rate schedules' position; refuse a resume that changes a schedule's
     length (``max_steps``/``epochs`` may change only while both schedules are flat)."""
     student = getattr(distiller, "student_scheduler", None)
@@ -290,9 +290,8 @@ def _load_schedulers(distiller: Any, saved: dict[str, Any] | None, directory: Pa
                               f"{saved['total_steps']} steps but this run has {distiller.schedule_steps}; resume with "
                               "the same max_steps/epochs (a schedule's shape depends on the run's length)")
     student.load_state_dict(saved["student"])
-    teacher = getattr(distiller, "teacher_scheduler", None)
-    if teacher is not None and saved.get("teacher") is not None:
-        teacher.load_state_dict(saved["teacher"])
+    if getattr(distiller, "teacher_scheduler", None) is not None and saved.get("teacher") is not None:
+        load_teacher_schedule(distiller, saved, fit_start_step)  # its length counts teacher steps
 
 
 def _saved_fit_start(meta: dict[str, Any], tensors: dict[str, torch.Tensor], seed: int) -> dict[str, Any]:

@@ -159,8 +159,10 @@ class DistillConfig:
     ``warmup_steps``/``warmup_ratio`` of linear warm-up (``transformers.get_scheduler``; applied by
     ``fit``, stepped once per training step, saved in checkpoints)."""
     teacher_lr_schedule: str = "constant"
-    """The same for the teacher's meta-update optimizer (stepped once per training step, so with
-    ``meta_every`` > 1 the teacher's learning rate follows the training step, not its own steps)."""
+    """The same for the teacher's meta-update optimizer, over the teacher's own steps: the meta-steps
+    the run takes (every ``meta_every``-th training step from ``meta_start``), stepped after each one
+    (a meta-step the numerical guards skip still counts). Its warm-up counts teacher steps too:
+    ``warmup_steps`` teacher steps, or ``warmup_ratio`` of the run's meta-steps."""
     warmup_steps: int | None = None
     """Steps of linear learning-rate warm-up from 0 for both schedules (None: 0, or warmup_ratio)."""
     warmup_ratio: float | None = None

@@ -201,7 +201,7 @@ class TrainingLoopMixin:
                     done += 1
                     bar.update(1)
                     line = self._log_step(steplog, metrics, done)  # before the schedules move: this step's rates
-                    step_schedulers(self)
+                    step_schedulers(self, meta=bool(metrics["meta"]))  # the teacher's: after a meta-step
                     bar.set_postfix(loss=f"{metrics['student_loss']:.3f}", **_teacher_postfix(metrics),
                                     **({"eta": format_eta(line["eta_seconds"])} if line else {}))
                     if cfg.eval_every and done % cfg.eval_every == 0 and done < total:
@@ -240,6 +240,11 @@ class TrainingLoopMixin:
     def _begin_guard(self, validation_data: Any, step: int) -> None:
         """Score the teacher as given on the validation split (the guard's start; meta modes only)."""
         if not self.guard.enabled:
+            return
+        if self.config.task != "classification":  # it scores accuracy, which a causal LM's evaluation has not
+            log.warning("teacher guard: it watches a classifier teacher's validation accuracy; task=%r has none, so "
+                        "the guard is off in this run", self.config.task)
+            self.guard.enabled = False
             return
         if validation_data is None:
             if self.guard.start_accuracy is None:

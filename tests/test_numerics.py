@@ -152,3 +152,95 @@ def test_an_overflowed_step_restarts_the_growth_count_in_plain_and_meta_steps(me
     d.scaler.update(2.0 ** 8)
     scales = [d.step(make_batch(4 + 2 * i), make_batch(5 + 2 * i))["loss_scale"] for i in range(3)]
     assert scales == [2.0 ** 8, 2.0 ** 8, 2.0 ** 9]
+
+
+# ---------------------------------------------------------------------------- 3. the teacher's schedule
+def _scheduled(steps: int, **changes) -> MetaDistiller:
+    from tests.test_schedules_validation import _distiller
+
+    return _distiller("lora", steps, **changes)
+
+
+def _lr(schedule: str, lr: float, step: int, total: int, warmup: int) -> float:
+    from tests.test_schedules_validation import _expected
+
+    return _expected(schedule, lr, step, total, warmup)
+
+
+@pytest.mark.parametrize("changes,meta_steps,warmup", [
+    (dict(meta_every=3, warmup_steps=3, teacher_lr_schedule="linear"), [0, 3, 6], 3),
+    (dict(meta_every=3, meta_start=3, warmup_steps=2, teacher_lr_schedule="linear", epochs=2, max_steps=18),
+     [3, 6, 9, 12, 15], 2),
+    (dict(meta_every=2, meta_start=0.5, warmup_ratio=0.25, teacher_lr_schedule="cosine", epochs=2, max_steps=16),
+     [8, 10, 12, 14], 1),
+])
+def test_the_teacher_schedule_counts_teacher_steps(changes, meta_steps, warmup):
+    """The teacher's schedule runs over the meta-steps the run takes (meta_every, meta_start) and its
+    warm-up counts teacher steps: with meta_every=3 and 3 warm-up steps the three teacher updates run
+    at 0, 1/3 and 2/3 of teacher_lr (they ran at 0, teacher_lr and teacher_lr/2, the rates of training
+    steps 0, 3 and 6). The student's schedule still counts training steps."""
+    total = changes.get("max_steps", 9)
+    d = _scheduled(total, student_lr_schedule="linear", **{k: v for k, v in changes.items() if k != "max_steps"})
+    train = d.fit(__import__("tests.test_checkpoint", fromlist=["EXAMPLES"]).EXAMPLES)["train"]
+    assert len(train) == total and [i for i, m in enumerate(train) if m["meta"]] == meta_steps
+    schedule = changes["teacher_lr_schedule"]
+    got = [train[s]["teacher_lr"] for s in meta_steps]
+    want = [_lr(schedule, 1e-2, k, len(meta_steps), warmup) for k in range(len(meta_steps))]
+    assert got == pytest.approx(want, abs=1e-12)
+    student_warmup = changes.get("warmup_steps", round(total * changes.get("warmup_ratio", 0)))
+    assert [m["student_lr"] for m in train] == pytest.approx(
+        [_lr("linear", 1e-2, i, total, student_warmup) for i in range(total)], abs=1e-12)
+    assert d.teacher_scheduler.last_epoch == len(meta_steps)
+
+
+def test_a_skipped_meta_step_still_counts_in_the_teacher_schedule():
+    d = _scheduled(9, meta_every=2, teacher_lr_schedule="linear")
+    real, calls = d.meta_gradient, [0]
+
+    def second_is_nan(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls[0] += 1
+        if calls[0] == 2:
+            result.phi_grads = [torch.full_like(g, float("nan")) for g in result.phi_grads]
+        return result
+
+    d.meta_gradient = second_is_nan
+    from tests.test_checkpoint import EXAMPLES
+
+    train = d.fit(EXAMPLES)["train"]
+    assert [m["skipped"] for m in train if m["meta"]] == [0.0, 1.0, 0.0, 0.0, 0.0]
+    assert [m["teacher_lr"] for m in train if m["meta"]] == pytest.approx([1e-2 * (5 - k) / 5 for k in range(5)])
+
+
+@pytest.mark.parametrize("old_checkpoint", [False, True])
+def test_resume_continues_the_teacher_schedule_exactly(tmp_path, old_checkpoint):
+    """Stopped after step 7 of 18 (meta-steps 3, 6, 9, ...: two taken) and resumed, the run is bit for
+    bit the uninterrupted one, teacher learning rates included. ``old_checkpoint``: a checkpoint from
+    before teacher-step schedules (its teacher position counted training steps) resumes the same."""
+    import json
+
+    from metakd.checkpoint import META_FILE, TrainingInterrupted, located
+    from tests.test_checkpoint import EXAMPLES, _assert_same, _state
+    from tests.test_schedules_validation import _stop_after
+
+    changes = dict(meta_every=3, meta_start=3, teacher_lr_schedule="linear", student_lr_schedule="cosine",
+                   warmup_steps=2, epochs=2)
+    whole = _scheduled(18, **changes)
+    history = whole.fit(EXAMPLES, checkpoint_dir=tmp_path / "whole")
+    first = _scheduled(18, **changes)
+    _stop_after(first, 7)
+    with pytest.raises(TrainingInterrupted):
+        first.fit(EXAMPLES, checkpoint_dir=tmp_path / "ckpt")
+    path = located(tmp_path / "ckpt") / META_FILE
+    meta = json.loads(path.read_text())
+    assert meta["schedulers"]["teacher"]["last_epoch"] == 2 and meta["schedulers"]["teacher_steps"] == 5
+    if old_checkpoint:
+        del meta["schedulers"]["teacher_steps"]
+        meta["schedulers"]["teacher"].update(last_epoch=7, _step_count=8)
+        path.write_text(json.dumps(meta))
+    second = _scheduled(18, **changes)
+    resumed = second.fit(EXAMPLES, checkpoint_dir=tmp_path / "ckpt", resume=True)
+    _assert_same(_state(second), _state(whole))
+    for key in ("student_loss", "student_lr", "teacher_lr"):
+        assert [m[key] for m in resumed["train"]] == [m[key] for m in history["train"]], key
+    assert second.teacher_scheduler.state_dict() == whole.teacher_scheduler.state_dict()
