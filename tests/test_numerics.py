@@ -244,3 +244,32 @@ def test_resume_continues_the_teacher_schedule_exactly(tmp_path, old_checkpoint)
     for key in ("student_loss", "student_lr", "teacher_lr"):
         assert [m[key] for m in resumed["train"]] == [m[key] for m in history["train"]], key
     assert second.teacher_scheduler.state_dict() == whole.teacher_scheduler.state_dict()
+
+
+def test_a_resumed_second_fit_continues_its_teacher_schedule(tmp_path):
+    """The second fit of a run (steps 3-7: meta-steps 4 and 6, a two-step teacher schedule) resumed in
+    a fresh process keeps the length its schedule had, not the one of a fit counted from step 0."""
+    from metakd.checkpoint import TrainingInterrupted
+    from tests.test_checkpoint import EXAMPLES, _assert_same, _state
+    from tests.test_schedules_validation import _stop_after
+
+    changes = dict(meta_every=2, teacher_lr_schedule="linear", warmup_steps=1)
+
+    def two_fits(d, checkpoint_dir=None, kill_at=None):
+        d.fit(EXAMPLES)
+        d.config = d.config.replace(max_steps=5)
+        if kill_at is not None:
+            _stop_after(d, kill_at)
+        return d.fit(EXAMPLES, checkpoint_dir=checkpoint_dir)
+
+    whole = _scheduled(3, **changes)
+    history = two_fits(whole)
+    assert whole.teacher_schedule_steps == 2
+    assert [m["teacher_lr"] for m in history["train"] if m["meta"]] == pytest.approx([0.0, 1e-2])
+    with pytest.raises(TrainingInterrupted):
+        two_fits(_scheduled(3, **changes), tmp_path, kill_at=5)
+    resumed = _scheduled(5, **changes)
+    again = resumed.fit(EXAMPLES, checkpoint_dir=tmp_path, resume=True)
+    assert [m["teacher_lr"] for m in again["train"]] == [m["teacher_lr"] for m in history["train"]]
+    assert resumed.teacher_scheduler.state_dict() == whole.teacher_scheduler.state_dict()
+    _assert_same(_state(resumed), _state(whole))
