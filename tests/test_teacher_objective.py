@@ -213,3 +213,19 @@ def test_the_anchor_is_zero_at_the_start_of_a_lora_run():
     result = d.meta_gradient(*batches(task))
     assert result.terms["teacher_anchor_kl"] == pytest.approx(0.0, abs=1e-12)
     assert max(float(g.abs().max()) for g in result.phi_grads) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_a_meta_sub_batch_and_a_frozen_trunk_keep_every_term_exact(mode):
+    """meta_batch_size takes the first rows of the batch for the meta-gradient, terms included (the
+    anchor's initial-teacher forward too, over the frozen trunk's outputs on the whole batch)."""
+    task = "classification"
+    d = make_distiller("jvp", "all", mode, task, "top:1", meta_batch_size=4)
+    batch, quiz = batches(task)
+    first = {k: v[:4] for k, v in batch.items()}
+    names = [n for n, p in d.teacher.named_parameters() if p.requires_grad]
+    want = reference_teacher_gradient(d.teacher, build_teacher(task), d.student, first, quiz, names, task,
+                                      **dict(zip(("meta_weight", "ce", "student_w", "anchor"), TERMS["all"])))
+    before = [p.detach().clone() for p in d.phi]
+    d.step(batch, quiz)
+    assert max_rel_err([a.detach() - b for a, b in zip(d.phi, before)], [-w for w in want]) <= 1e-6
