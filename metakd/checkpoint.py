@@ -130,6 +130,9 @@ def save_checkpoint(directory: str | Path, distiller: Any, history: dict[str, li
     guard = getattr(distiller, "guard", None)
     guard_meta, guard_tensors = guard.state() if guard is not None else (None, {})
     tensors.update(guard_tensors)
+    initial = getattr(distiller, "initial_teacher", None)
+    if initial is not None:
+        tensors.update(initial.state())
     tensors = _unshare(tensors)
     meta = {"format": FORMAT, "version": VERSION, "steps_done": distiller.steps_done, "fit_start_step": start["step"],
             "config": distiller.config.to_dict(), "optimizers": {"student": meta_s, "teacher": meta_t},
@@ -273,6 +276,8 @@ def load_checkpoint(directory: str | Path, distiller: Any, data: dict[str, Any] 
         setattr(distiller, key, value)
     if getattr(distiller, "guard", None) is not None:
         distiller.guard.load(meta.get("teacher_guard"), tensors)
+    if getattr(distiller, "initial_teacher", None) is not None:
+        distiller.initial_teacher.load(tensors, distiller.device)
     meta["fit_start"] = _saved_fit_start(meta, tensors, distiller.config.seed)
     return meta
 

@@ -23,6 +23,7 @@ from .models import (ModelError, attach_lora, attach_student_lora, count_paramet
 from .objective import DistillStudent, Objective
 from .quantization import check_meta_update, keep_differentiable
 from .rng import seeded
+from .initial_teacher import InitialTeacher
 from .sharing import structural_copy
 from .teacher_guard import TeacherGuard
 from .teacher_objective import TeacherTerms
@@ -184,9 +185,10 @@ class MetaDistiller(MetaStepMixin, TrainingLoopMixin):
                                    cfg.divergence, cfg.jsd_beta, task=cfg.task, lm_chunk_size=cfg.lm_chunk_size,
                                    vocab_size=self.vocab_size, quiz_loss=cfg.quiz_loss)
         self.teacher_terms = TeacherTerms.from_config(cfg)
-        # p_T0 of the anchor term: the initial values of φ, swapped in for a no-grad forward
-        self.initial_phi = ({n: p.detach().clone() for n, p in self.teacher.named_parameters() if p.requires_grad}
-                            if self.phi and self.teacher_terms.needs_initial else None)
+        # p_T0 of the anchor term: the initial values of φ, swapped in for a no-grad forward (a classifier's
+        # logits kept per example)
+        self.initial_teacher = (InitialTeacher(self.teacher, cache=cfg.task == "classification")
+                                if self.phi and self.teacher_terms.needs_initial else None)
         self.guard = TeacherGuard(self.phi, cfg.teacher_guard_points, cfg.teacher_guard_trips,
                                   enabled=cfg.teacher_guard and cfg.meta_update != "none")
         self.meta_start_step = cfg.meta_start if isinstance(cfg.meta_start, int) else None  # a share: fit resolves it

@@ -176,12 +176,18 @@ class MetaStepMixin:
         return lambda teacher, student: terms.loss(cut(teacher), batch, cut(student), cut(initial), mask)
 
     def _initial_teacher_logits(self, batch: Mapping[str, Any], trunk: TrunkOutput | None) -> torch.Tensor:
-        """The teacher as it was given (φ at its initial values) on ``batch``: no grad, one forward."""
+        """The teacher as it was given (φ at its initial values) on ``batch``: no grad, one forward, or the
+        logits kept from an earlier one (``metakd.initial_teacher``)."""
         from torch.func import functional_call
 
-        with torch.no_grad(), self.timer.phase("teacher_forward"), self.autocast(), self._reusing_trunk(trunk):
-            out = functional_call(self.teacher, self.initial_phi, args=(), kwargs=dict(model_inputs(batch, "teacher")))
-        return out.logits.detach()
+        inputs = dict(model_inputs(batch, "teacher"))
+
+        def forward(phi: dict[str, torch.Tensor]) -> torch.Tensor:
+            with (torch.no_grad(), self.timer.phase("teacher_forward"), self.autocast(),
+                  self._reusing_trunk(trunk)):
+                return functional_call(self.teacher, phi, args=(), kwargs=inputs).logits.detach()
+
+        return self.initial_teacher.logits(inputs, forward)
 
     def _student_step(self, batch: Mapping[str, Any]) -> float:
         with torch.no_grad():
