@@ -25,8 +25,8 @@ def test_registered_as_a_benchmark():
 
 def test_ratios_pair_the_steps_of_a_round():
     # a warm-up round, then rounds whose load scales every configuration alike: the ratios stay put
-    scale = [9.0, 1.0, 2.0, 1.0, 3.0]
-    factor = [1.0, 1.05, 1.02, 1.2, 1.3]
+    scale = [9.0, 1.0, 2.0, 1.0, 3.0]  # per round
+    factor = [1.0, 1.05, 1.02, 1.2, 1.3, 1.01, 1.02]  # per configuration
     rows = [[{"seconds": s * f, "cpu_seconds": f, "time_teacher_terms": 0.001 * i} for s in scale]
             for i, f in enumerate(factor)]
     rows[4][3]["seconds"] = 1.5  # one noisy round of "all three": 1.5× instead of 1.3×
@@ -41,7 +41,7 @@ def test_ratios_pair_the_steps_of_a_round():
     assert out[4]["cpu_ratio_median"] == pytest.approx(1.3) and out[4]["cpu_ratio_max"] == pytest.approx(1.3)
     assert out[1]["cpu_added_seconds_median"] == pytest.approx(0.05)
     lines = verdicts(out)
-    assert len(lines) == 4 and "wall 1.050× " in lines[0] and lines[0].endswith("met")
+    assert len(lines) == len(CONFIGURATIONS) - 1 and "wall 1.050× " in lines[0] and lines[0].endswith("met")
     assert "MISSED by 1.09×" in lines[2] and "CPU 1.300×" in lines[3] and "MISSED" in lines[3]
 
 
