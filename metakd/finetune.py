@@ -19,7 +19,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import data as data_mod
-from . import evaluate
 from .atomic import directory_mode, follow_umask
 from .forward import model_inputs
 from .losses import next_token_ce
@@ -186,13 +185,6 @@ class _Reporter:
         self.log(f"fine-tune teacher: step {done}/{self.total}, loss {sum(self.losses) / len(self.losses):.4f} "
                  f"(mean of the last {len(self.losses)}), {rate:.2f} steps/s, {left} left")
         self.last, self.losses = now, []
-
-
-def evaluate_model(model: nn.Module, data: Sequence, batch_size: int = 64, pad_id: int = 0,
-                   side: str = "teacher") -> dict[str, float]:
-    """Accuracy, macro F1/precision/recall and loss of a classifier on encoded examples
-    (``metakd.evaluate.evaluate_model`` for classification)."""
-    return evaluate.evaluate_model(model, data, batch_size=batch_size, pad=pad_id, side=side)
 
 
 def cache_key(**settings: Any) -> str:

@@ -36,9 +36,9 @@ def resume_decision(output: str | Path, resume: bool = False, resume_if_present:
         if present:
             return True
         if resume_if_present:
-            from .run import _log
+            from .messages import log
 
-            _log(f"no checkpoint in {output}: starting from the beginning (--resume-if-present)")
+            log(f"no checkpoint in {output}: starting from the beginning (--resume-if-present)")
     found = [name for name in PREVIOUS_RUN if (output / name).exists()]
     if found and not overwrite:
         raise OutputExistsError(f"{output} holds a previous run ({', '.join(found)}); pass --overwrite to replace it, "

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from . import data as data_mod
 from .atomic import atomic_directory
 from .compress.config import CompressConfig
 from .config import TASKS, ConfigError, DistillConfig, _yaml_number
+from .messages import log as _log
 from .models import ModelError
 
 FINETUNE_KEYS = {"epochs": 1, "lr": 5e-5, "batch_size": 32, "n_train": None, "max_steps": None}
@@ -236,14 +236,9 @@ def _yaml_problem(exc: yaml.YAMLError, where: bool = True) -> str:
 
 
 # ---------------------------------------------------------------------------- models
-def _log(message: str) -> None:
-    from .distributed import env_rank
-
-    if env_rank() == 0:  # multi-process runs: the main process speaks for all
-        print(message, file=sys.stderr, flush=True)
-
-
-def _teacher_source(run: RunConfig) -> str:
+def _base_teacher_source(run: RunConfig) -> str:
+    """Where the configured teacher loads from (the embedded one's directory for "embedded"):
+    the base that ``finetune-teacher`` fine-tunes, whatever ``output/teacher`` holds."""
     if run.teacher == "embedded":
         from .models import embedded_teacher_path
 
@@ -254,7 +249,7 @@ def _teacher_source(run: RunConfig) -> str:
 def teacher_source(run: RunConfig) -> str:
     """Where the run's teacher loads from: the fine-tuned one in ``output/teacher`` when it exists,
     else the configured one."""
-    return str(run.teacher_dir) if (run.teacher_dir / "config.json").is_file() else _teacher_source(run)
+    return str(run.teacher_dir) if (run.teacher_dir / "config.json").is_file() else _base_teacher_source(run)
 
 
 NEW_ARCHS = ("gpt2", "llama")  # the architectures metakd.scratch.new_causal_lm builds
@@ -490,7 +485,8 @@ def _subset(items, n: int, seed: int):
     return [items[i] for i in sorted(order[:n])]
 
 
-def _num_labels(run: RunConfig, splits: dict[str, Any]) -> int | None:
+def label_count(run: RunConfig, splits: dict[str, Any]) -> int | None:
+    """How many classes the run's data has (None for causal_lm); a DataError for a single class."""
     if run.task == "causal_lm":
         return None
     names = splits.get("label_names")
@@ -531,10 +527,10 @@ def finetune_teacher(run: RunConfig, progress: bool = True, *, why: str | None =
     if run.teacher_bits:
         raise ConfigError("fine-tune the teacher unquantized (drop teacher_bits for finetune-teacher); "
                           "distill then loads the saved teacher quantized")
-    check_run(run, teacher=_teacher_source(run), student=False)
-    splits = align_label_names(run, _teacher_source(run), load_data(run, report=not data_reported))
-    num_labels = _num_labels(run, splits)
-    origin = teacher_origin(run, _teacher_source(run), splits.get("label_names"))
+    check_run(run, teacher=_base_teacher_source(run), student=False)
+    splits = align_label_names(run, _base_teacher_source(run), load_data(run, report=not data_reported))
+    num_labels = label_count(run, splits)
+    origin = teacher_origin(run, _base_teacher_source(run), splits.get("label_names"))
     cached = cached_teacher(origin)
     if cached is not None:
         copy_teacher(cached, run.teacher_dir)
@@ -554,7 +550,7 @@ def finetune_teacher(run: RunConfig, progress: bool = True, *, why: str | None =
         tokenizer = train_bpe_tokenizer(splits["train"], vocab)
         model = new_causal_lm(run.teacher.partition(":")[2], tokenizer, seed=run.distill.seed, **sizes)
     else:
-        model, tokenizer = load_teacher(run, num_labels, source=_teacher_source(run))
+        model, tokenizer = load_teacher(run, num_labels, source=_base_teacher_source(run))
     encoded = encode_splits(run, splits, tokenizer)
     train = encoded["train"]
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
@@ -594,12 +590,12 @@ def _stale_teacher_dir(run: RunConfig, splits: dict[str, Any]) -> str | None:
     from .teacher_cache import origin_difference, recorded_origin, teacher_origin
 
     target = run.teacher_dir
-    if not (target / "config.json").is_file() or Path(_teacher_source(run)).resolve() == target.resolve():
+    if not (target / "config.json").is_file() or Path(_base_teacher_source(run)).resolve() == target.resolve():
         return None
     recorded = recorded_origin(target)
     if recorded is None:  # saved by hand or by an older metakd: nothing to compare, used as it is
         return None
-    base = _teacher_source(run)
+    base = _base_teacher_source(run)
     current = teacher_origin(run, base, align_label_names(run, base, splits).get("label_names"))
     differ = origin_difference(recorded, current)
     if not differ:
@@ -693,7 +689,7 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False, *, resu
         raise ConfigError(f"teacher {run.teacher!r} is trained from scratch: run `metakd finetune-teacher` first "
                           f"(it saves to {run.teacher_dir})")
     splits = load_data(run)
-    num_labels = _num_labels(run, splits)
+    num_labels = label_count(run, splits)
     stale = _stale_teacher_dir(run, splits)
     if stale:
         if dist.is_main:
@@ -767,4 +763,4 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False, *, resu
 
 
 __all__ = ["RunConfig", "align_label_names", "apply_overrides", "build_student", "check_num_labels", "check_run", "distill", "encode_splits", "evaluate_model_on", "finetune_teacher",
-           "load_data", "load_teacher", "teacher_source"]
+           "label_count", "load_data", "load_teacher", "teacher_source"]

@@ -561,7 +561,8 @@ def _memory_total_bytes() -> int | None:
     return None
 
 
-def _version(package: str) -> str | None:
+def package_version(package: str) -> str | None:
+    """The installed version of ``package`` (None: not installed)."""
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
@@ -583,5 +584,5 @@ def machine_info() -> dict:
         "cuda_available": cuda,
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         if cuda else [],
-        "packages": {name: _version(name) for name in ("transformers", "peft", "higher")},
+        "packages": {name: package_version(name) for name in ("transformers", "peft", "higher")},
     }

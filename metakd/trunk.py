@@ -67,11 +67,11 @@ def _rows_of(value: Any) -> int:
     return int(tensor.shape[0])
 
 
-def _first_rows(value: Any, rows: int) -> Any:
+def _leading_rows(value: Any, rows: int) -> Any:
     if isinstance(value, Tensor):
         return value[:rows]
     if isinstance(value, (tuple, list)):
-        return type(value)(_first_rows(v, rows) for v in value)
+        return type(value)(_leading_rows(v, rows) for v in value)
     return value
 
 
@@ -144,7 +144,7 @@ class _Replay:
         rows = _rows_of(args[0] if args else kwargs["hidden_states"])
         if rows > self.rows:
             raise ValueError(f"the frozen trunk was recorded on {self.rows} rows and cannot serve a batch of {rows}")
-        return self.recorded if rows == self.rows else _first_rows(self.recorded, rows)
+        return self.recorded if rows == self.rows else _leading_rows(self.recorded, rows)
 
 
 @contextmanager

@@ -40,7 +40,8 @@ from .. import data as data_mod
 from ..config import DistillConfig
 from ..data.hub import hub_status
 from ..distiller import MetaDistiller
-from ..finetune import cache_key, cached_model, evaluate_model, finetune_classifier
+from ..evaluate import evaluate_model
+from ..finetune import cache_key, cached_model, finetune_classifier
 from ..models import embedded_teacher_path, load_classifier, student_from_teacher, use_eager_attention
 from ..synthetic import splits_identity
 from ..telemetry import EnergyMeter, PhaseTimer, measure
@@ -344,8 +345,8 @@ def run_mode(spec: dict[str, Any]) -> dict[str, Any]:
     student = student_from_teacher(teacher, spec["student_layers"])
     cfg = DistillConfig(**spec["distill"])
     pad = teacher.config.pad_token_id or 0
-    teacher_before = evaluate_model(teacher, held_out, pad_id=pad)
-    student_before = evaluate_model(student, held_out, pad_id=pad, side="student")
+    teacher_before = evaluate_model(teacher, held_out, pad=pad)
+    student_before = evaluate_model(student, held_out, pad=pad, side="student")
 
     timer = PhaseTimer(next(student.parameters()).device, memory=True, energy=EnergyMeter())
     distiller = _TakingTurns(teacher, student, cfg, timer=timer)

@@ -357,7 +357,7 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
     """One (size, mode) in its own process; an exception is recorded (e.g. a 4-bit teacher that
     bitsandbytes cannot run here) so that the ladder goes on."""
     try:
-        return {"status": "ok", **_run_config(spec)}
+        return {"status": "ok", **_measure_config(spec)}
     except Exception as exc:  # noqa: BLE001 - the error string goes into the results
         import traceback
 
@@ -365,7 +365,7 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
         return {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:500]}
 
 
-def _run_config(spec: dict[str, Any]) -> dict[str, Any]:
+def _measure_config(spec: dict[str, Any]) -> dict[str, Any]:
     from tqdm.auto import tqdm
     from transformers.utils import logging as hf_logging
 
@@ -711,9 +711,9 @@ def report(payload: dict[str, Any], out: str | Path, name: str = NAME) -> None:
 
 
 def versions() -> dict[str, str | None]:
-    from ..telemetry import _version
+    from ..telemetry import package_version
 
-    return {k: _version(k) for k in ("torch", "transformers", "peft", "higher", "bitsandbytes", "metakd")}
+    return {k: package_version(k) for k in ("torch", "transformers", "peft", "higher", "bitsandbytes", "metakd")}
 
 
 def main(argv: list[str] | None = None) -> int:

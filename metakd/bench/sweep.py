@@ -150,7 +150,7 @@ def prepare_teacher(run, fine_tune: bool = True, progress: bool = True) -> dict[
     """Fine-tune the base run's teacher on its task once; cached under ``METAKD_CACHE`` by the
     settings that shape it. Returns where the task teacher lies and how it scored."""
     from ..finetune import cache_dir, cache_key
-    from ..run import _num_labels, finetune_teacher, load_data
+    from ..run import finetune_teacher, label_count, load_data
     from ..synthetic import splits_identity
 
     if not fine_tune:
@@ -175,7 +175,7 @@ def prepare_teacher(run, fine_tune: bool = True, progress: bool = True) -> dict[
         source = run
         if run.teacher == "tiny":
             splits = load_data(run)
-            source = replace(run, teacher=str(_tiny_teacher_dir(tmp, _num_labels(run, splits))))
+            source = replace(run, teacher=str(_tiny_teacher_dir(tmp, label_count(run, splits))))
         print(f"fine-tuning the teacher ({run.teacher}) on the task once; cached in {target}", file=sys.stderr)
         report = finetune_teacher(replace(source, output=str(tmp)), progress=progress)
         report_file = tmp / "teacher" / "metakd_finetune.json"

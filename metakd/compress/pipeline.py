@@ -206,7 +206,7 @@ def prepare(run, progress: bool = True) -> Prepared:
     encode its data."""
     from transformers import AutoTokenizer
 
-    from ..run import _num_labels, distill, encode_splits, load_data, teacher_source
+    from ..run import distill, encode_splits, label_count, load_data, teacher_source
 
     student_dir = Path(run.output) / "distilled" / "student"
     distilled = not (student_dir / "config.json").is_file()
@@ -216,7 +216,7 @@ def prepare(run, progress: bool = True) -> Prepared:
     else:
         _log(f"compressing the distilled student in {student_dir}")
     splits = load_data(run, report=not distilled)  # distill has said what it read
-    num_labels = _num_labels(run, splits)
+    num_labels = label_count(run, splits)
     teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_source(run))
     if teacher_tokenizer.pad_token_id is None:
         teacher_tokenizer.pad_token = teacher_tokenizer.eos_token

@@ -166,7 +166,7 @@ def bytes_on_disk(directory: str | Path) -> int:
 
 
 # ---------------------------------------------------------------------------- load
-def read_meta(directory: str | Path) -> dict[str, Any]:
+def read_compressed_meta(directory: str | Path) -> dict[str, Any]:
     """``compression.json`` of a compressed directory, checked."""
     path = Path(directory) / META_FILE
     if not path.is_file():
@@ -236,7 +236,7 @@ def load_compressed(directory: str | Path, device: str | torch.device = "cpu") -
     from safetensors.torch import load_file
 
     directory = Path(directory)
-    meta = read_meta(directory)
+    meta = read_compressed_meta(directory)
     method = meta["method"]
     if method in ("bnb8", "bnb4"):
         from transformers import AutoModel
