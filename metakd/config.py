@@ -411,7 +411,18 @@ class DistillConfig:
         return cls.from_dict(data)
 
     def replace(self, **changes: Any) -> "DistillConfig":
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes``; what a recipe filled stays known as filled (the run prints it), and a
+        changed recipe fills the fields neither this config nor ``changes`` set."""
+        from .recipes import apply_recipe
+
+        new = dataclasses.replace(self, **changes)  # every field given: the recipe fills nothing here
+        new._explicit = self._explicit | set(changes)
+        if "recipe" in changes and changes["recipe"] != self.recipe:
+            new.recipe_filled = apply_recipe(new, new._explicit)
+            new.validate()
+        else:
+            new.recipe_filled = {k: v for k, v in self.recipe_filled.items() if k not in changes}
+        return new
 
 
 def _validate_teacher_objective(cfg: DistillConfig) -> None:

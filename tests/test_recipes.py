@@ -288,3 +288,15 @@ def test_a_resumed_second_fit_keeps_its_meta_start(tmp_path):
     assert all(torch.equal(a.detach(), b.detach()) for a, b in zip(resumed.phi, whole.phi))
     assert all(torch.equal(a, b) for a, b in zip(resumed.student.state_dict().values(),
                                                  whole.student.state_dict().values()))
+
+
+def test_replace_keeps_what_the_recipe_filled_and_a_new_recipe_fills_unset_fields():
+    """run files call ``distill.replace(progress=...)``: the run must still print what the recipe set."""
+    from metakd.config import DistillConfig
+
+    cfg = DistillConfig(recipe="lgtm", teacher_ce_weight=0.3)
+    again = cfg.replace(progress=False, teacher_student_weight=0.1)
+    assert again.recipe_filled == {k: v for k, v in cfg.recipe_filled.items() if k != "teacher_student_weight"}
+    assert again.teacher_student_weight == 0.1 and again.teacher_ce_weight == 0.3
+    mpl = DistillConfig(teacher_ce_weight=0.3).replace(recipe="mpl")
+    assert mpl.teacher_ce_weight == 0.3 and mpl.teacher_lr_ratio == 1.0 and "teacher_lr_ratio" in mpl.recipe_filled
