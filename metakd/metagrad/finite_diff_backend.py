@@ -8,8 +8,9 @@ with respect to the teacher outputs, times −η, goes back through the teacher.
 ``ε = fd_epsilon / ‖g‖``, so the step in parameter space has length ``fd_epsilon``; the error is
 O(ε²) for the central scheme, O(ε) for the forward one. When the
 student's forwards run in bfloat16/float16 (autocast, or half weights) the step length is at least
-:data:`HALF_PRECISION_STEP` of that dtype: a 1e-3 step is lost in half-precision rounding of the
-weights and logits (see :func:`step_length`).
+:data:`HALF_PRECISION_STEP` (central) or :data:`FORWARD_HALF_PRECISION_STEP` (forward) of that dtype:
+a 1e-3 step is lost in half-precision rounding of the weights and logits (see :func:`step_length`).
+The forward scheme is refused under bfloat16: no step length makes it accurate there.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import math
 import torch
 
 from ..forward import Outputs
-from ..precision import active_dtype
+from ..precision import PrecisionError, active_dtype
 from .base import (MetaProblem, MetaResult, detached_outputs, loss_gradient_wrt_teacher, output_tensors, param_names,
                    pilot_gradient_with_outputs, quiz_gradient, require_one_sgd_step, student_outputs, teacher_backward)
 
@@ -32,9 +33,29 @@ on the same problems, 6% on one); steps ≥ 4e-2 grow the O(ε²) error (14% on 
 (3 more mantissa bits) 3e-3 was at most 0.5% on GPT-2, where 1e-3 reached 1.3%."""
 
 
-def step_length(fd_epsilon: float, dtype: torch.dtype) -> float:
-    """The parameter-space step of the central difference: ``fd_epsilon``, raised to what ``dtype``
-    resolves when the forwards run in half precision."""
+FORWARD_HALF_PRECISION_STEP = {torch.float16: 2e-3}
+"""The same for ``fd_scheme="forward"``, measured the same way (CPU, the tests' tiny BERT/GPT-2,
+seeds 0 and 2, with and without feature layers, against the fp32 ``higher`` meta-gradient; worst
+relative error over the 8 problems). fp16: 5e-4 7.7%, 1e-3 1.9%, 1.5e-3 1.9%, 2e-3 1.6%, 3e-3 (the
+central floor) 2.8%, 5e-3 4.4%, 1e-2 7.0% (central at 3e-3: 0.6%; jvp: 0.3%). bfloat16 has no
+entry: the error is rounding divided by ε below 1e-2 and O(ε) truncation above, and no step gets the
+GPT-2 problems near the central scheme: 1e-3 19%, 3e-3 9.0%, 5e-3 5.4%, 7e-3 4.1%, 1e-2 6.7%, 2e-2
+13%, 3e-2 20%, 5e-2 30%, 1e-1 51% (central at 1e-2: 1.6%; jvp: 0.6%), so :func:`step_length` refuses it."""
+
+FORWARD_BF16 = ("fd_scheme='forward' under bfloat16: the one-sided difference errs 4% or more on the test models "
+                "at every step length from 1e-3 to 1e-1 (bf16 rounding below 1e-2, its O(step) error above; "
+                "'central': 1.6%); use fd_scheme='central' (one more student forward), meta_grad='jvp', or "
+                "precision='fp16'/'fp32'")
+
+
+def step_length(fd_epsilon: float, dtype: torch.dtype, scheme: str = "central") -> float:
+    """The parameter-space step of the ``scheme`` difference: ``fd_epsilon``, raised to what ``dtype``
+    resolves when the forwards run in half precision. PrecisionError for the forward scheme under
+    bfloat16 (see :data:`FORWARD_HALF_PRECISION_STEP`)."""
+    if scheme == "forward":
+        if dtype == torch.bfloat16:
+            raise PrecisionError(FORWARD_BF16)
+        return max(fd_epsilon, FORWARD_HALF_PRECISION_STEP.get(dtype, 0.0))
     return max(fd_epsilon, HALF_PRECISION_STEP.get(dtype, 0.0))
 
 
@@ -46,6 +67,9 @@ def finite_diff_meta_gradient(problem: MetaProblem) -> MetaResult:
     if problem.fd_scheme not in ("central", "forward"):
         raise ValueError(f"fd_scheme must be 'central' or 'forward', got {problem.fd_scheme!r}")
     forward = problem.fd_scheme == "forward"
+    with problem.autocast():  # the dtype the student's forwards run in
+        dtype = active_dtype(problem.params[0].device, problem.params[0].dtype)
+    step = step_length(problem.fd_epsilon, dtype, problem.fd_scheme)  # before any work: a refusal comes first
     teacher = detached_outputs(problem.teacher_out)
     names = param_names(problem)
     inner, pilot_grads, rng, at_theta = pilot_gradient_with_outputs(problem, teacher,
@@ -56,9 +80,7 @@ def finite_diff_meta_gradient(problem: MetaProblem) -> MetaResult:
         if norm == 0.0 or not math.isfinite(norm):
             z_grads = [None] * len(output_tensors(teacher))
         else:
-            with problem.autocast():  # the dtype the two forwards will run in
-                dtype = active_dtype(problem.params[0].device, problem.params[0].dtype)
-            eps = step_length(problem.fd_epsilon, dtype) / norm
+            eps = step / norm
             sides = []
             for sign in ((1.0,) if forward else (1.0, -1.0)):
                 shifted = {n: p.detach() + (sign * eps) * gi for n, p, gi in zip(names, problem.params, g)}
