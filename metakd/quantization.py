@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .models import ModelError
+from .model_errors import ModelError
 
 BITS = (4, 8)
 QUANT_TYPES = ("nf4", "fp4")
