@@ -222,3 +222,11 @@ def test_yaml_non_numeric_string_for_a_number_is_refused(tmp_path):
     path.write_text("student_lr: fast\n")
     with pytest.raises(ConfigError, match="student_lr"):
         DistillConfig.from_yaml(path)
+
+
+def test_forward_differences_under_bf16_are_refused_when_the_config_is_built():
+    from metakd.config import ConfigError, DistillConfig
+
+    with pytest.raises(ConfigError, match="fd_scheme='forward' under precision='bf16'"):
+        DistillConfig(meta_update="lora", meta_grad="finite_diff", fd_scheme="forward", precision="bf16")
+    DistillConfig(meta_update="lora", meta_grad="finite_diff", fd_scheme="central", precision="bf16")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from metakd.config import ConfigError
+
 from metakd import DistillConfig, MetaDistiller
 from metakd.forward import model_inputs
 from metakd.models import tiny_classifier
@@ -281,7 +283,12 @@ def test_forward_difference_under_bf16_is_refused_in_one_line_before_anything_mo
     the first meta-step refuses it, naming the way out, before the teacher or the student moves."""
     from metakd.precision import PrecisionError
 
-    d = _mixed("gpt2", meta_grad="finite_diff", fd_scheme="forward")
+    with pytest.raises(ConfigError, match="fd_scheme='forward' under precision='bf16'"):  # the setting: at once
+        _mixed("gpt2", meta_grad="finite_diff", fd_scheme="forward")
+    from tests.test_metagrad_backends import _distiller
+
+    # bfloat16 weights under precision fp32: only the first meta-step sees the dtype
+    d = _distiller("gpt2", "finite_diff", dtype=torch.bfloat16, precision="fp32", fd_scheme="forward")
     before = [p.detach().clone() for p in (*d.phi, *d.student_params)]
     with pytest.raises(PrecisionError, match="fd_scheme='forward' under bfloat16") as info:
         d.step(make_batch(0), make_batch(1))
