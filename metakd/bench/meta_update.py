@@ -158,7 +158,7 @@ def resolve_data(data: str, quick: bool, timeout: float = REACH_TIMEOUT) -> tupl
         where = "in the local hub cache" if status == "cached" else "the Hugging Face hub is reachable"
         return AUTO_HUB, f"--data auto: GLUE SST-2 ({AUTO_HUB}, {where}; cached by datasets for later runs)"
     reason = {"offline": "the Hugging Face hub is switched off", "missing": f"the hub has no {AUTO_HUB_REPO}",
-              }.get(status, f"the Hugging Face hub is unreachable (checked for {timeout:g} s)")
+              }.get(status, f"the Hugging Face hub is unreachable (one request, timeout {timeout:g} s)")
     return AUTO_EMBEDDED, f"--data auto: {reason}{f' ({why})' if why else ''}, {fallback}"
 
 
