@@ -4,7 +4,7 @@ import sys
 import pytest
 import torch
 
-from metakd import telemetry
+from metakd import energy, process_usage, telemetry
 from metakd.telemetry import EnergyMeter, Measurement, PhaseTimer, machine_info, measure
 
 
@@ -63,7 +63,8 @@ def test_peak_rss_is_in_bytes():
 
 def test_estimate_backend_equals_cpu_seconds_times_watts(monkeypatch):
     clock = [10.0]
-    monkeypatch.setattr(telemetry, "cpu_seconds", lambda: clock[0])
+    monkeypatch.setattr(telemetry, "cpu_seconds", lambda: clock[0])  # measure()'s
+    monkeypatch.setattr(energy, "cpu_seconds", lambda: clock[0])  # the meter's
     with measure("cpu", energy=EnergyMeter(watts_per_core=7.5, prefer="estimate")) as m:
         clock[0] = 12.5
     assert m.cpu_seconds == pytest.approx(2.5)
@@ -92,7 +93,7 @@ def test_rapl_with_wraparound_skips_subzones(tmp_path):
 
 
 def test_default_order_uses_module_powercap_root(tmp_path, monkeypatch):
-    monkeypatch.setattr(telemetry, "POWERCAP_ROOT", tmp_path)
+    monkeypatch.setattr(energy, "POWERCAP_ROOT", tmp_path)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # rules out zeus
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails, rules out NVML
     _fake_rapl_tree(tmp_path)
@@ -286,8 +287,8 @@ def test_measure_around_a_memory_timer_keeps_the_lifetime_peak():
 
 
 def test_phase_timer_memory_unavailable_says_so(monkeypatch, tmp_path):
-    monkeypatch.setattr(telemetry, "_HIGH_WATER", {})
-    monkeypatch.setattr(telemetry, "_CLEAR_REFS", str(tmp_path / "no" / "clear_refs"))
+    monkeypatch.setattr(process_usage, "_HIGH_WATER", {})
+    monkeypatch.setattr(process_usage, "_CLEAR_REFS", str(tmp_path / "no" / "clear_refs"))
     timer = PhaseTimer("cpu", memory=True)
     with timer.phase("a"):
         pass
