@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import math
 import statistics
 import sys
 import time
@@ -39,35 +38,23 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError, DistillConfig
+from ..config import DistillConfig
 from ..telemetry import EnergyMeter, PhaseTimer, fmt_bytes, high_water, peak_rss_bytes
-from .report import markdown_table, print_report, write_results
+from .gpu_correctness import correctness
+from .gpu_model import (BATCH, CORRECT_TOL, MODE_LABELS, MODES, NAME, PHASES, SEQ, SHAPES, STUDENT_SHAPE, TARGETS,
+                        TINY_BATCH, TINY_SEQ, SuiteError, llama_config, parameter_count, predict_bytes, random_batch,
+                        random_model)
+from .gpu_report import plot, ratios, tables, target_notes
+from .report import print_report, write_results
 
-NAME = "gpu"
-MODES = ("none", "lora", "full", "lora-nf4")
-MODE_LABELS = {"none": "plain KD", "lora": "LoRA meta", "full": "full meta", "lora-nf4": "LoRA meta, nf4 base"}
-PHASES = ("teacher_forward", "pilot", "quiz", "directional_derivative", "teacher_backward", "teacher_step",
-          "student_step")
-# Llama-3.2-1B, Llama-3.2-3B and Llama-3-8B shapes (vocabulary 128256); "tiny" runs the same code on a CPU.
-SHAPES: dict[str, dict[str, Any]] = {
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                 intermediate_size=128, vocab_size=512, tie_word_embeddings=True),
-    "1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-               intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True),
-    "3b": dict(hidden_size=3072, num_hidden_layers=28, num_attention_heads=24, num_key_value_heads=8,
-               intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True),
-    "8b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-               intermediate_size=14336, vocab_size=128256, tie_word_embeddings=False),
-}
-STUDENT_SHAPE = {"tiny": "tiny"}  # every LLM size distils into the 1B shape
-BATCH, SEQ = 16, 128
-TINY_BATCH, TINY_SEQ = 4, 16
-TARGETS = {"memory": 0.4, "energy": 0.6, "meta_vs_kd": 2.5}  # at the 8B shape (issue 18)
-CORRECT_TOL = {"float64": 1e-8, "float32 sdpa": 1e-2}  # float32 finite_diff on the CPU: 1.7e-4
-
-
-class SuiteError(ConfigError):
-    """The suite cannot run as asked (e.g. --device cuda without a GPU)."""
+# the suite's parts: gpu_model (shapes, models, predicted memory), gpu_correctness (part 1), gpu_report; their
+# names are this module's too. run_config, its _build and free_bytes, and run_llm stay here (the tests replace them)
+__all__ = [
+    "BATCH", "CORRECT_TOL", "MODES", "MODE_LABELS", "NAME", "PHASES", "SEQ", "SHAPES", "STUDENT_SHAPE", "SuiteError",
+    "TARGETS", "TINY_BATCH", "TINY_SEQ", "correctness", "free_bytes", "llama_config", "main", "parameter_count",
+    "parse_args", "plot", "predict_bytes", "random_batch", "random_model", "ratios", "resolve_device", "run_config",
+    "run_llm", "tables", "target_notes",
+]
 
 
 # ---------------------------------------------------------------------------- arguments
@@ -124,128 +111,8 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-# ---------------------------------------------------------------------------- models
-def llama_config(size: str, attn: str = "sdpa", **changes: Any) -> Any:
-    """A Llama sequence-classification config of the named shape (two labels, pad id 0)."""
-    from transformers import LlamaConfig
-
-    cfg = LlamaConfig(**{**SHAPES[size], **changes}, num_labels=2, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                      max_position_embeddings=max(SEQ, 256))
-    cfg._attn_implementation = attn
-    return cfg
-
-
-def parameter_count(cfg: Any) -> int:
-    """Parameters of a LlamaForSequenceClassification with this config (no model built)."""
-    h, layers, inter, vocab = cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size, cfg.vocab_size
-    head_dim = h // cfg.num_attention_heads
-    attn = h * h * 2 + 2 * h * cfg.num_key_value_heads * head_dim  # q, o; k, v
-    block = attn + 3 * h * inter + 2 * h
-    return vocab * h + layers * block + h + h * cfg.num_labels  # embeddings, blocks, final norm, score head
-
-
-def random_model(cfg: Any, device: torch.device, dtype: torch.dtype, seed: int) -> torch.nn.Module:
-    """A randomly initialised LlamaForSequenceClassification built directly on ``device`` in ``dtype``
-    (no float32 copy, nothing downloaded)."""
-    from transformers import LlamaForSequenceClassification
-
-    torch.manual_seed(seed)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = LlamaForSequenceClassification(cfg)  # parameters in ``dtype``; rotary buffers stay float32
-    finally:
-        torch.set_default_dtype(previous)
-    return model
-
-
-def random_batch(vocab: int, batch: int, seq: int, seed: int, device: torch.device) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, vocab, (batch, seq), generator=g)
-    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
-            "labels": torch.randint(0, 2, (batch,), generator=g).to(device)}
-
-
-# ---------------------------------------------------------------------------- 1. correctness
-def _tiny_meta_gradient(backend: str, device: torch.device, dtype: torch.dtype, attn: str) -> list[torch.Tensor]:
-    """The meta-gradient of one fixed problem (tiny Llama teacher and student, non-zero LoRA B) on
-    ``device``, on the CPU afterwards."""
-    from ..distiller import MetaDistiller
-
-    # built in float64 and cast, so that the float32 problem holds the same numbers (rounded)
-    teacher = random_model(llama_config("tiny", attn), torch.device("cpu"), torch.float64, seed=1).to(dtype)
-    student = random_model(llama_config("tiny", attn, num_hidden_layers=1), torch.device("cpu"), torch.float64,
-                           seed=2).to(dtype)
-    cfg = DistillConfig(meta_update="lora", meta_grad=backend, pilot_lr=0.5, temperature=2.0, alpha=0.6,
-                        teacher_grad_clip=None, progress=False, seed=0)
-    d = MetaDistiller(teacher, student, cfg, device=device)
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, p in sorted(d.teacher.named_parameters()):
-            if "lora_" in name:  # A and B: the same values in every dtype, B non-zero
-                p.copy_((0.1 * torch.randn(p.shape, generator=g, dtype=torch.float64)).to(p.dtype))
-    batch = random_batch(SHAPES["tiny"]["vocab_size"], 6, 12, seed=4, device=device)
-    quiz = random_batch(SHAPES["tiny"]["vocab_size"], 6, 12, seed=5, device=device)
-    return [x.detach().double().cpu() for x in d.meta_gradient(batch, quiz).phi_grads]
-
-
-def _rel_err(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
-    g, w = torch.cat([x.reshape(-1) for x in got]), torch.cat([x.reshape(-1) for x in want])
-    return float((g - w).norm() / w.norm().clamp_min(1e-300))
-
-
-def correctness(device: torch.device, backends: list[str]) -> list[dict[str, Any]]:
-    """Each backend on ``device`` against the same backend on the CPU (float64), and finite_diff with
-    SDPA in float32 on ``device`` against the float64 CPU reference."""
-    rows = []
-    for backend in backends:
-        attn = "sdpa" if backend == "finite_diff" else "eager"
-        ref = _tiny_meta_gradient(backend, torch.device("cpu"), torch.float64, attn)
-        got = _tiny_meta_gradient(backend, device, torch.float64, attn)
-        err = _rel_err(got, ref)
-        rows.append({"backend": backend, "check": "float64", "attention": attn, "rel_err": err,
-                     "tol": CORRECT_TOL["float64"], "ok": err <= CORRECT_TOL["float64"]})
-        if backend == "finite_diff":
-            got32 = _tiny_meta_gradient(backend, device, torch.float32, "sdpa")
-            err32 = _rel_err(got32, ref)
-            rows.append({"backend": backend, "check": "float32 sdpa", "attention": "sdpa (default)", "rel_err": err32,
-                         "tol": CORRECT_TOL["float32 sdpa"], "ok": err32 <= CORRECT_TOL["float32 sdpa"]})
-    return rows
-
 
 # ---------------------------------------------------------------------------- 2. LLM shapes
-def _layer_activation_bytes(cfg: Any, tokens: int, batch: int, seq: int, eager: bool) -> float:
-    """bf16 bytes one block keeps for its backward (norm/attention/MLP inputs, gate/up outputs; the
-    attention probabilities with eager attention)."""
-    h, inter = cfg.hidden_size, cfg.intermediate_size
-    probs = batch * cfg.num_attention_heads * seq * seq * 2 * 2 if eager else 0
-    return tokens * (6 * h + 4 * inter) * 2 + probs
-
-
-def predict_bytes(size: str, mode: str, batch: int, seq: int, meta_grad: str) -> dict[str, float]:
-    """The peak memory of a configuration, predicted from its shapes before anything is allocated:
-    teacher weights (bf16, or ~0.56 bytes/parameter for the nf4 blocks), the full meta-update's
-    meta-gradient and AdamW states (bf16), the student (bf16 base), activations (the teacher keeps
-    its block inputs under checkpointing plus one block; the student keeps its blocks' activations
-    for the pilot, the quiz and the directional derivative), times 1.2, plus 1 GiB of workspace."""
-    t_cfg, s_cfg = llama_config(size), llama_config(STUDENT_SHAPE.get(size, "1b"))
-    n_t, n_s, tokens = parameter_count(t_cfg), parameter_count(s_cfg), batch * seq
-    embed = t_cfg.vocab_size * t_cfg.hidden_size * (1 if t_cfg.tie_word_embeddings else 2)
-    parts = {"teacher_weights": (embed * 2 + (n_t - embed) * 0.56) if mode == "lora-nf4" else n_t * 2.0,
-             "teacher_training": n_t * 6.0 if mode == "full" else 0.0,  # meta-gradient + 2 AdamW states, bf16
-             "student_weights": n_s * 2.0}
-    t_layer = _layer_activation_bytes(t_cfg, tokens, batch, seq, eager=False)
-    s_layer = _layer_activation_bytes(s_cfg, tokens, batch, seq, eager=meta_grad == "jvp")
-    if mode == "none":
-        parts["activations"] = t_layer + s_cfg.num_hidden_layers * s_layer
-    else:
-        parts["activations"] = (t_cfg.num_hidden_layers * tokens * t_cfg.hidden_size * 2 + t_layer
-                                + 3 * s_cfg.num_hidden_layers * s_layer)
-    parts["total"] = sum(parts.values()) * 1.2 + 2 ** 30
-    return parts
-
-
 def free_bytes(device: torch.device) -> int:
     """Free memory where the configuration will live: CUDA ``mem_get_info``, or MemAvailable."""
     if device.type == "cuda":
@@ -387,96 +254,6 @@ def _merge(rows: list[dict[str, Any]]) -> dict[str, Any]:
     energies = [r["energy_per_step"] for r in done if r["energy_per_step"] is not None]
     out["energy_per_step"] = statistics.fmean(energies) if energies else None
     return out
-
-
-def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per size: LoRA/full (time, peak memory, energy) and meta/KD (LoRA step time over plain KD's)."""
-    by = {(r["size"], r["mode"]): r for r in rows if "skipped" not in r}
-    out = []
-    for size in dict.fromkeys(r["size"] for r in rows):
-        kd, lora, full = by.get((size, "none")), by.get((size, "lora")), by.get((size, "full"))
-
-        def ratio(a, b, key):
-            return a[key] / b[key] if a and b and a.get(key) and b.get(key) else None
-        out.append({"size": size, "lora_full_time": ratio(lora, full, "s_per_step"),
-                    "lora_full_memory": ratio(lora, full, "peak_bytes"),
-                    "lora_full_energy": ratio(lora, full, "energy_per_step"),
-                    "meta_kd_time": ratio(lora, kd, "s_per_step"),
-                    "full_skipped": next((r.get("skipped") for r in rows if r["size"] == size and r["mode"] == "full"
-                                          and "skipped" in r), None)})
-    return out
-
-
-def target_notes(rat: list[dict[str, Any]]) -> list[str]:
-    """The issue's targets at the 8B shape, met or missed by how much (only where 8B ran)."""
-    row = next((r for r in rat if r["size"] == "8b"), None)
-    if row is None:
-        return []
-    notes = []
-    checks = (("lora_full_memory", "memory", "LoRA peak memory / full's"),
-              ("lora_full_energy", "energy", "LoRA energy per step / full's"),
-              ("meta_kd_time", "meta_vs_kd", "LoRA meta-step time / plain KD's"))
-    for key, target, what in checks:
-        value = row[key]
-        if value is None:
-            why = f"full meta-update {row['full_skipped']}" if row["full_skipped"] and key != "meta_kd_time" else \
-                "not measured"
-            notes.append(f"8B target {what} <= {TARGETS[target]}: {why}")
-        else:
-            verdict = "met" if value <= TARGETS[target] else f"missed by {value / TARGETS[target]:.2f}x"
-            notes.append(f"8B target {what} <= {TARGETS[target]}: {value:.3f}, {verdict}")
-    return notes
-
-
-# ---------------------------------------------------------------------------- report
-def _fmt(x: float | None, spec: str = ".3f") -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
-
-
-def tables(check: list[dict[str, Any]], rows: list[dict[str, Any]], rat: list[dict[str, Any]]) -> str:
-    t1 = markdown_table(["backend", "check", "attention", "rel. error vs CPU", "tolerance", "ok"],
-                        [[c["backend"], c["check"], c["attention"], f"{c['rel_err']:.2e}", f"{c['tol']:.0e}",
-                          "yes" if c["ok"] else "NO"] for c in check])
-    body = []
-    for r in rows:
-        if "skipped" in r:
-            body.append([r["size"], MODE_LABELS[r["mode"]], r["skipped"], "", "", "",
-                         fmt_bytes(r.get("predicted_bytes")), ""])
-            continue
-        lo, hi = r["spread"]
-        phases = ", ".join(f"{p} {v:.3f}" for p, v in r["phases"].items() if v)
-        body.append([r["size"], MODE_LABELS[r["mode"]], f"{r['s_per_step']:.3f}", f"{lo:.3f}-{hi:.3f}",
-                     fmt_bytes(r["peak_bytes"]), _fmt(r["energy_per_step"], ".1f"), fmt_bytes(r["predicted_bytes"]),
-                     phases])
-    t2 = markdown_table(["teacher", "mode", "s/step", "spread (round medians)", "peak memory", "J/step",
-                         "predicted", "phases (s)"], body)
-    t3 = markdown_table(["teacher", "LoRA/full time", "LoRA/full memory", "LoRA/full energy", "meta/KD time"],
-                        [[r["size"], _fmt(r["lora_full_time"]), _fmt(r["lora_full_memory"]),
-                          _fmt(r["lora_full_energy"]), _fmt(r["meta_kd_time"])] for r in rat])
-    return "\n\n".join(["Correctness on the device", t1, "LLM shapes", t2, "Ratios", t3])
-
-
-def plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
-    done = [r for r in rows if "skipped" not in r]
-    if not done:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [f"{r['size']}\n{MODE_LABELS[r['mode']]}" for r in done]
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, len(done) * 1.1), 4))
-    axes[0].bar(labels, [r["s_per_step"] for r in done])
-    axes[0].set_ylabel("seconds per step")
-    axes[1].bar(labels, [r["peak_bytes"] / 2 ** 30 for r in done])
-    axes[1].set_ylabel("peak memory (GiB)")
-    for ax in axes:
-        ax.tick_params(axis="x", labelsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
 
 
 def main(argv: list[str] | None = None) -> int:
