@@ -42,7 +42,7 @@ SECTIONS = (
             "In Python `DistillConfig(...)`, `DistillConfig.from_yaml(path)` (the keys at top level or under "
             "`distill:`); in a run file the keys go under `distill:`. Invalid values raise `metakd.ConfigError` "
             "naming the field; unknown keys are an error with a did-you-mean."),
-    Section("RunConfig", "metakd/run.py", "Run-file keys (`RunConfig`)",
+    Section("RunConfig", "metakd/run_config.py", "Run-file keys (`RunConfig`)",
             "The top level of a run file (`metakd finetune-teacher`, `metakd distill`, `metakd compress`; see "
             "[Run files](runs.md)); `--set key=value` overrides any of them (`--set distill.KEY=...` for the "
             "`distill:` section)."),
