@@ -56,6 +56,37 @@ def _distill_plan(cfg: DistillConfig, train, eval_data=None) -> str:
     return plan.replace(" batch(es)", f" batch(es) (after {held})", 1)
 
 
+def _models(run: RunConfig, cfg: DistillConfig, splits: dict[str, Any], num_labels: int | None, dist,
+            progress: bool):
+    """``distill``'s models: the teacher (fine-tuned first where ``output/teacher`` is stale or its head
+    untrained, by the main process) and the student, with the data's labels numbered as they number
+    them; returns ``(splits, teacher, tokenizer, student, student_tokenizer)``."""
+    stale = stale_teacher_dir(run, splits)
+    if stale:
+        if dist.is_main:
+            finetune_teacher(run, progress=progress, why=stale, data_reported=True)
+        dist.barrier()
+    if run.task == "classification":  # the quiz split, checked before any model loads (LM blocks: after encoding)
+        data_mod.split_quiz(splits["train"], cfg.quiz_fraction, cfg.seed)
+    if not derived_student(run.student):
+        check_num_labels(run, run.student, num_labels, "student")
+    splits = align_label_names(run, teacher_source(run), splits)
+    if not derived_student(run.student):
+        student_aligned = align_label_names(run, run.student, splits, "student")
+        if student_aligned["label_names"] != splits["label_names"]:
+            raise data_mod.DataError(f"the student {run.student!r} numbers the labels {student_aligned['label_names']} "
+                                     f"but the teacher {splits['label_names']}; use models that agree")
+    teacher, tokenizer = load_teacher(run, num_labels)
+    if getattr(teacher, "metakd_new_head", False):
+        if dist.is_main:  # one process fine-tunes and saves; the others load what it saved
+            finetune_teacher(run, progress=progress, why="the teacher's classification head is untrained",
+                             data_reported=True)
+        dist.barrier()
+        teacher, tokenizer = load_teacher(run, num_labels)
+    student, student_tokenizer = build_student(run, teacher, tokenizer, num_labels)
+    return splits, teacher, tokenizer, student, student_tokenizer
+
+
 def distill(run: RunConfig, progress: bool = True, resume: bool = False, *, resume_if_present: bool = False,
             overwrite: bool = False) -> dict[str, Any]:
     """Distil as configured: returns (and writes to ``output/metrics.json``) the student's and the
@@ -92,29 +123,8 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False, *, resu
                           f"(it saves to {run.teacher_dir})")
     splits = load_data(run)
     num_labels = label_count(run, splits)
-    stale = stale_teacher_dir(run, splits)
-    if stale:
-        if dist.is_main:
-            finetune_teacher(run, progress=progress, why=stale, data_reported=True)
-        dist.barrier()
-    if run.task == "classification":  # the quiz split, checked before any model loads (LM blocks: after encoding)
-        data_mod.split_quiz(splits["train"], cfg.quiz_fraction, cfg.seed)
-    if not derived_student(run.student):
-        check_num_labels(run, run.student, num_labels, "student")
-    splits = align_label_names(run, teacher_source(run), splits)
-    if not derived_student(run.student):
-        student_aligned = align_label_names(run, run.student, splits, "student")
-        if student_aligned["label_names"] != splits["label_names"]:
-            raise data_mod.DataError(f"the student {run.student!r} numbers the labels {student_aligned['label_names']} "
-                                     f"but the teacher {splits['label_names']}; use models that agree")
-    teacher, tokenizer = load_teacher(run, num_labels)
-    if getattr(teacher, "metakd_new_head", False):
-        if dist.is_main:  # one process fine-tunes and saves; the others load what it saved
-            finetune_teacher(run, progress=progress, why="the teacher's classification head is untrained",
-                             data_reported=True)
-        dist.barrier()
-        teacher, tokenizer = load_teacher(run, num_labels)
-    student, student_tokenizer = build_student(run, teacher, tokenizer, num_labels)
+    splits, teacher, tokenizer, student, student_tokenizer = _models(run, cfg, splits, num_labels, dist,
+                                                                     progress)
     encoded = encode_splits(run, splits, tokenizer, student_tokenizer)
     _log(f"{len(encoded['train'])} training and {len(encoded['eval'])} evaluation "
          f"{'blocks' if run.task == 'causal_lm' else 'examples'}; meta_update={cfg.meta_update}; "
