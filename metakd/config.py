@@ -4,29 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-TASKS = ("classification", "causal_lm")
-META_UPDATES = ("none", "lora", "full")
-META_GRADS = ("higher", "jvp", "finite_diff")
-PILOTS = ("restore", "reuse")
-DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "mse")
-QUIZ_LOSSES = ("ce", "margin")
-OPTIMIZERS = ("adamw", "sgd")
-PILOT_OPTIMIZERS = ("sgd", "adam")
-FD_SCHEMES = ("central", "forward")
-LR_SCHEDULES = ("constant", "linear", "cosine")
-PRECISIONS = ("fp32", "bf16", "fp16")
-REPORT_TO = ("tensorboard",)
+from .config_checks import (DIVERGENCES, FD_SCHEMES, LR_SCHEDULES, META_GRADS, META_UPDATES, OPTIMIZERS,
+                            PILOT_OPTIMIZERS, PILOTS, PRECISIONS, QUIZ_LOSSES, REPORT_TO, TASKS, ConfigError,
+                            check_teacher_layers, validate_config, yaml_number)
 
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field."""
+# the allowed values, ConfigError and the checks live in config_checks; config names them too
+__all__ = ["DIVERGENCES", "FD_SCHEMES", "LR_SCHEDULES", "META_GRADS", "META_UPDATES", "OPTIMIZERS", "PILOTS",
+           "PILOT_OPTIMIZERS", "PRECISIONS", "QUIZ_LOSSES", "REPORT_TO", "TASKS", "ConfigError", "DistillConfig",
+           "check_teacher_layers"]
 
 
 @dataclass
@@ -284,101 +275,8 @@ class DistillConfig:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        """Raise ConfigError naming the first invalid field."""
-        _choice("task", self.task, TASKS)
-        if self.lm_chunk_size is not None:
-            _positive_int("lm_chunk_size", self.lm_chunk_size)
-        if not isinstance(self.truncate_vocab, bool):
-            raise ConfigError(f"truncate_vocab must be true or false, got {self.truncate_vocab!r}")
-        _choice("meta_update", self.meta_update, META_UPDATES)
-        _choice("meta_grad", self.meta_grad, META_GRADS)
-        _choice("pilot", self.pilot, PILOTS)
-        _choice("divergence", self.divergence, DIVERGENCES)
-        if not (_is_number(self.jsd_beta) and 0.0 < self.jsd_beta < 1.0):
-            raise ConfigError(f"jsd_beta must be in (0, 1), got {self.jsd_beta!r}")
-        _choice("pilot_optimizer", self.pilot_optimizer, PILOT_OPTIMIZERS)
-        _choice("student_optimizer", self.student_optimizer, OPTIMIZERS)
-        _choice("teacher_optimizer", self.teacher_optimizer, OPTIMIZERS)
-        _choice("precision", self.precision, PRECISIONS)
-        if self.report_to is not None:
-            _choice("report_to", self.report_to, REPORT_TO)
-        _positive("temperature", self.temperature)
-        if self.pilot_lr != "student":
-            _positive("pilot_lr", self.pilot_lr)
-        _validate_teacher_objective(self)
-        _positive("fd_epsilon", self.fd_epsilon)
-        _positive("student_lr", self.student_lr)
-        _positive("teacher_lr", self.teacher_lr)
-        _non_negative("weight_decay", self.weight_decay)
-        _choice("student_lr_schedule", self.student_lr_schedule, LR_SCHEDULES)
-        _choice("teacher_lr_schedule", self.teacher_lr_schedule, LR_SCHEDULES)
-        if self.warmup_steps is not None and not (isinstance(self.warmup_steps, int)
-                                                  and not isinstance(self.warmup_steps, bool) and self.warmup_steps >= 0):
-            raise ConfigError(f"warmup_steps must be an integer >= 0 or null, got {self.warmup_steps!r}")
-        if self.warmup_ratio is not None and not (_is_number(self.warmup_ratio) and 0.0 <= self.warmup_ratio < 1.0):
-            raise ConfigError(f"warmup_ratio must be in [0, 1) or null, got {self.warmup_ratio!r}")
-        if self.warmup_steps is not None and self.warmup_ratio is not None:
-            raise ConfigError(f"set warmup_steps ({self.warmup_steps}) or warmup_ratio ({self.warmup_ratio}), not both")
-        if not (_is_number(self.validation_fraction) and 0.0 <= self.validation_fraction < 1.0):
-            raise ConfigError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
-        if _is_number(self.quiz_fraction) and self.quiz_fraction + self.validation_fraction >= 1.0:
-            raise ConfigError(f"quiz_fraction + validation_fraction must be below 1 (training data must remain), got "
-                              f"{self.quiz_fraction} + {self.validation_fraction}")
-        if self.eval_subset is not None:
-            _positive_int("eval_subset", self.eval_subset)
-        if self.track_teacher is not None:
-            _positive_int("track_teacher", self.track_teacher)
-            if self.task != "classification":
-                raise ConfigError("track_teacher scores a classifier teacher; it does not apply to task='causal_lm'")
-        _non_negative("feature_weight", self.feature_weight)
-        if not (_is_number(self.alpha) and 0.0 <= self.alpha <= 1.0):
-            raise ConfigError(f"alpha must be in [0, 1], got {self.alpha!r}")
-        if not (_is_number(self.lora_dropout) and 0.0 <= self.lora_dropout < 1.0):
-            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
-        if not (_is_number(self.quiz_fraction) and 0.0 < self.quiz_fraction < 1.0):
-            raise ConfigError(f"quiz_fraction must be in (0, 1), got {self.quiz_fraction!r}")
-        if self.teacher_grad_clip is not None:
-            _positive("teacher_grad_clip", self.teacher_grad_clip)
-        _positive_int("max_bad_steps", self.max_bad_steps)
-        for name in ("unroll_steps", "meta_every", "batch_size", "eval_batch_size", "epochs",
-                     "lora_r", "lora_alpha", "student_lora_r", "student_lora_alpha", "max_length"):
-            _positive_int(name, getattr(self, name))
-        for name in ("max_steps", "quiz_batch_size", "eval_every", "checkpoint_every"):
-            if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name))
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
-        if self.feature_layers:
-            if self.feature_weight == 0.0:
-                raise ConfigError("feature_layers is set but feature_weight is 0; set feature_weight > 0")
-        if self.pilot_optimizer == "adam" and self.meta_grad != "higher":
-            raise ConfigError(f"pilot_optimizer='adam' needs meta_grad='higher' ({self.meta_grad!r} is exact for "
-                              "one SGD pilot step)")
-        if self.unroll_steps > 1 and self.meta_grad != "higher":
-            raise ConfigError(f"unroll_steps={self.unroll_steps} needs meta_grad='higher' ({self.meta_grad!r} is "
-                              "exact for one SGD pilot step)")
-        if not isinstance(self.student_lora, bool):
-            raise ConfigError(f"student_lora must be true or false, got {self.student_lora!r}")
-        if self.student_lora and self.meta_grad == "higher" and self.meta_update != "none":
-            raise ConfigError("student_lora with meta_grad='higher' is not supported: higher cannot patch peft's "
-                              "LoRA layers; use meta_grad='jvp' (exact) or 'finite_diff'")
-        _choice("fd_scheme", self.fd_scheme, FD_SCHEMES)
-        if self.meta_grad == "finite_diff" and self.fd_scheme == "forward" and self.precision == "bf16":
-            raise ConfigError("fd_scheme='forward' under precision='bf16' errs by 4-19% (no step length fixes it): use "
-                              "fd_scheme='central', meta_grad='jvp', or precision fp16/fp32")
-        if isinstance(self.teacher_layers, tuple):
-            self.teacher_layers = list(self.teacher_layers)
-        check_teacher_layers(self.teacher_layers)
-        if self.meta_batch_size is not None:
-            _positive_int("meta_batch_size", self.meta_batch_size)
-            if self.meta_batch_size > self.batch_size:
-                raise ConfigError(f"meta_batch_size {self.meta_batch_size} is larger than batch_size "
-                                  f"{self.batch_size}: it takes the first rows of each training batch")
-            if self.pilot == "reuse" and self.meta_batch_size < self.batch_size and self.meta_update != "none":
-                raise ConfigError("meta_batch_size needs pilot='restore': pilot='reuse' would step the student on "
-                                  "the sub-batch's pilot gradient, and the real step must use the whole batch")
-        if not isinstance(self.teacher_checkpointing, bool):
-            raise ConfigError(f"teacher_checkpointing must be true or false, got {self.teacher_checkpointing!r}")
+        """Raise ConfigError naming the first invalid field (``metakd.config_checks.validate_config``)."""
+        validate_config(self)
 
     # ------------------------------------------------------------------ YAML
     def to_dict(self) -> dict[str, Any]:
@@ -396,7 +294,7 @@ class DistillConfig:
                 hint = difflib.get_close_matches(key, known, n=1)
                 extra = f"; did you mean {hint[0]!r}?" if hint else ""
                 raise ConfigError(f"unknown config key {key!r}{extra}")
-        return cls(**{k: _yaml_number(v) for k, v in values.items()})
+        return cls(**{k: yaml_number(v) for k, v in values.items()})
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "DistillConfig":
@@ -426,79 +324,3 @@ class DistillConfig:
         else:
             new.recipe_filled = {k: v for k, v in self.recipe_filled.items() if k not in changes}
         return new
-
-
-def _validate_teacher_objective(cfg: DistillConfig) -> None:
-    """The teacher-objective, recipe and guard settings."""
-    if cfg.recipe is not None:
-        from .recipes import RECIPES
-
-        _choice("recipe", cfg.recipe, tuple(RECIPES))
-    for name in ("meta_weight", "teacher_ce_weight", "teacher_student_weight", "teacher_anchor_weight"):
-        _non_negative(name, getattr(cfg, name))
-    if cfg.teacher_lr_ratio is not None:
-        _positive("teacher_lr_ratio", cfg.teacher_lr_ratio)
-    if cfg.quiz_batches != "all":
-        _positive_int("quiz_batches", cfg.quiz_batches)
-    ms = cfg.meta_start
-    if not ((isinstance(ms, int) and not isinstance(ms, bool) and ms >= 0)
-            or (isinstance(ms, float) and 0.0 < ms < 1.0)):
-        raise ConfigError(f"meta_start must be a step (an integer >= 0) or a share of the run in (0, 1), got {ms!r}")
-    _choice("quiz_loss", cfg.quiz_loss, QUIZ_LOSSES)
-    if cfg.quiz_loss == "margin" and cfg.task != "classification":
-        raise ConfigError("quiz_loss='margin' ranks classes of a classifier; task='causal_lm' needs quiz_loss='ce'")
-    if not isinstance(cfg.teacher_guard, bool):
-        raise ConfigError(f"teacher_guard must be true or false, got {cfg.teacher_guard!r}")
-    _positive("teacher_guard_points", cfg.teacher_guard_points)
-    _positive_int("teacher_guard_trips", cfg.teacher_guard_trips)
-
-
-def check_teacher_layers(spec: Any) -> None:
-    """Raise ConfigError unless ``spec`` has the shape of a ``teacher_layers`` value (the block
-    count is checked against the teacher by ``metakd.trunk.resolve_teacher_layers``)."""
-    if spec == "all":
-        return
-    if isinstance(spec, str):
-        kind, _, count = spec.partition(":")
-        if kind == "top" and count.isdigit() and int(count) > 0:
-            return
-    elif isinstance(spec, (list, tuple)) and spec and all(
-            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in spec) and len(set(spec)) == len(spec):
-        return
-    raise ConfigError(f"teacher_layers must be 'all', 'top:k' (k >= 1) or a list of distinct block indices >= 0, "
-                     f"got {spec!r}")
-
-
-def _yaml_number(value: Any) -> Any:
-    """PyYAML (YAML 1.1) reads '5e-5' as a string; take numeric strings as the numbers they mean."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
-
-
-def _positive(name: str, value: Any) -> None:
-    if not (_is_number(value) and value > 0):
-        raise ConfigError(f"{name} must be a positive number, got {value!r}")
-
-
-def _non_negative(name: str, value: Any) -> None:
-    if not (_is_number(value) and value >= 0):
-        raise ConfigError(f"{name} must be >= 0, got {value!r}")
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-

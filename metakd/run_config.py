@@ -12,7 +12,8 @@ from typing import Any
 import yaml
 
 from .compress.config import CompressConfig
-from .config import TASKS, ConfigError, DistillConfig, _yaml_number
+from .config import TASKS, ConfigError, DistillConfig
+from .config_checks import yaml_number
 
 FINETUNE_KEYS = {"epochs": 1, "lr": 5e-5, "batch_size": 32, "n_train": None, "max_steps": None}
 
@@ -105,7 +106,7 @@ class RunConfig:
                 raise ConfigError(f"unknown finetune key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
                                   + f" (known: {', '.join(FINETUNE_KEYS)})")
         self.label_map = {str(k): str(v) for k, v in self.label_map.items()}
-        self.finetune = {k: _yaml_number(self.finetune.get(k, v)) for k, v in FINETUNE_KEYS.items()}
+        self.finetune = {k: yaml_number(self.finetune.get(k, v)) for k, v in FINETUNE_KEYS.items()}
         for key in ("epochs", "batch_size", "n_train", "max_steps"):
             value = self.finetune[key]
             if isinstance(value, float) and value.is_integer():

@@ -56,8 +56,6 @@ PRIVATE_IMPORT_DEBT = {
     ("metakd.bench.meta_step_cost", "meta_grad", "_teacher"), ("metakd.bench.profile_meta_step", "meta_grad", "_teacher"),
     ("metakd.bench.teacher_terms", "meta_grad", "_teacher"), ("metakd.bench.quantized_teacher", "meta_grad", "_rss_bytes"),
     ("metakd.bench.scaling_worker", "meta_grad", "_rss_bytes"),
-    ("metakd.compress.config", "config", "_choice"), ("metakd.compress.config", "config", "_is_number"),
-    ("metakd.compress.config", "config", "_yaml_number"), ("metakd.run_config", "config", "_yaml_number"),
     ("metakd.finetune_checkpoint", "checkpoint", "_load_optimizer"),
     ("metakd.finetune_checkpoint", "checkpoint", "_optimizer_tensors"), ("metakd.finetune_checkpoint", "checkpoint", "_unshare"),
     ("metakd.label_names", "data.errors", "_show"),

@@ -7,7 +7,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import ConfigError, _choice, _is_number, _yaml_number
+from ..config_checks import ConfigError, choice, is_number, yaml_number
 
 PRUNE_METHODS = ("none", "magnitude", "structured")
 PRUNE_SCOPES = ("global", "layer")
@@ -57,17 +57,17 @@ class CompressConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid field."""
-        _choice("compress.prune", self.prune, PRUNE_METHODS)
-        _choice("compress.prune_scope", self.prune_scope, PRUNE_SCOPES)
-        _choice("compress.importance", self.importance, IMPORTANCE)
-        _choice("compress.quantize", self.quantize, QUANT_METHODS)
-        _choice("compress.granularity", self.granularity, GRANULARITIES)
-        _choice("compress.bnb_quant_type", self.bnb_quant_type, ("nf4", "fp4"))
-        if not (_is_number(self.sparsity) and 0.0 <= self.sparsity < 1.0):
+        choice("compress.prune", self.prune, PRUNE_METHODS)
+        choice("compress.prune_scope", self.prune_scope, PRUNE_SCOPES)
+        choice("compress.importance", self.importance, IMPORTANCE)
+        choice("compress.quantize", self.quantize, QUANT_METHODS)
+        choice("compress.granularity", self.granularity, GRANULARITIES)
+        choice("compress.bnb_quant_type", self.bnb_quant_type, ("nf4", "fp4"))
+        if not (is_number(self.sparsity) and 0.0 <= self.sparsity < 1.0):
             raise ConfigError(f"compress.sparsity must be in [0, 1), got {self.sparsity!r}")
         for name in ("heads", "neurons"):
             value = getattr(self, name)
-            if not (_is_number(value) and 0.0 <= value < 1.0):
+            if not (is_number(value) and 0.0 <= value < 1.0):
                 raise ConfigError(f"compress.{name} must be a fraction in [0, 1), got {value!r}")
         if self.prune == "structured" and not (self.heads or self.neurons):
             raise ConfigError("compress.prune='structured' removes nothing: set compress.heads and/or compress.neurons "
@@ -81,7 +81,7 @@ class CompressConfig:
             raise ConfigError(f"compress.importance_batches must be a positive integer, got {self.importance_batches!r}")
         if isinstance(self.recovery_steps, bool) or not isinstance(self.recovery_steps, int) or self.recovery_steps < 0:
             raise ConfigError(f"compress.recovery_steps must be an integer >= 0, got {self.recovery_steps!r}")
-        if self.recovery_lr is not None and not (_is_number(self.recovery_lr) and self.recovery_lr > 0):
+        if self.recovery_lr is not None and not (is_number(self.recovery_lr) and self.recovery_lr > 0):
             raise ConfigError(f"compress.recovery_lr must be a positive number or null, got {self.recovery_lr!r}")
 
     @property
@@ -106,7 +106,7 @@ class CompressConfig:
             if key not in known:
                 hint = difflib.get_close_matches(key, known, n=1)
                 raise ConfigError(f"unknown compress key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
-        return cls(**{k: _yaml_number(v) for k, v in values.items()})
+        return cls(**{k: yaml_number(v) for k, v in values.items()})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
