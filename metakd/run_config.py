@@ -15,7 +15,7 @@ from .compress.config import CompressConfig
 from .config import TASKS, ConfigError, DistillConfig
 from .config_checks import yaml_number
 
-FINETUNE_KEYS = {"epochs": 1, "lr": 5e-5, "batch_size": 32, "n_train": None, "max_steps": None}
+FINETUNE_KEYS = {"epochs": 1, "lr": 5e-5, "batch_size": 32, "n_train": None, "max_steps": None, "disjoint": False}
 
 
 @dataclass
@@ -57,6 +57,10 @@ class RunConfig:
     """A seeded subset of the training split (None: all); the quiz split is carved from it."""
     n_eval: int | None = None
     """A seeded subset of the evaluation split (None: all)."""
+    data_seed: int | None = None
+    """The seed of the n_train / n_eval subsets (None: distill.seed). A study that compares seeds on one
+    fixed pool of examples sets it, so only the model's seed (initialisation, batches, quiz and
+    validation splits) changes between seeds."""
     teacher_bits: int | None = None
     """4 or 8: load the teacher quantized (bitsandbytes); the meta-update must then be "lora"."""
     teacher_quant_type: str = "nf4"
@@ -67,7 +71,10 @@ class RunConfig:
     teacher_config: dict[str, Any] = field(default_factory=dict)
     """new:ARCH teachers: config fields (e.g. n_layer, n_embd, n_head) and tokenizer_vocab."""
     finetune: dict[str, Any] = field(default_factory=dict)
-    """Teacher fine-tuning: epochs, lr, batch_size, n_train, max_steps."""
+    """Teacher fine-tuning: epochs, lr, batch_size, n_train, max_steps, and disjoint (true: the teacher
+    trains only on training examples whose texts are not in the distillation's n_train subset, so
+    its training data shares nothing with the student's train, quiz and validation splits; needs
+    n_train)."""
     generation_tokens: int = 32
     """causal_lm: new tokens per prompt when measuring generation speed."""
     output: str = "runs/metakd"
@@ -116,6 +123,15 @@ class RunConfig:
                     isinstance(value, int) and not isinstance(value, bool) and value > 0):
                 raise ConfigError(f"finetune.{key} must be a positive integer{' or null' if optional else ''}, "
                                   f"got {value!r}")
+        if not isinstance(self.finetune["disjoint"], bool):
+            raise ConfigError(f"finetune.disjoint must be true or false, got {self.finetune['disjoint']!r}")
+        if self.finetune["disjoint"] and (self.n_train is None or self.task != "classification"):
+            raise ConfigError("finetune.disjoint keeps the teacher off the distillation's n_train subset: it needs "
+                              "n_train (the subset) and task classification"
+                              + (f"; n_train is null" if self.n_train is None else f"; task is {self.task!r}"))
+        if self.data_seed is not None and (isinstance(self.data_seed, bool) or not isinstance(self.data_seed, int)
+                                           or self.data_seed < 0):
+            raise ConfigError(f"data_seed must be a non-negative integer or null (distill.seed), got {self.data_seed!r}")
         lr = self.finetune["lr"]
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
             raise ConfigError(f"finetune.lr must be a positive number, got {lr!r}")

@@ -17,13 +17,42 @@ def load_data(run: RunConfig, seed: int | None = None, report: bool = True) -> d
     """Raw splits: {"train", "eval"} lists (and "label_names" for classification). ``report``:
     say what was read (rows, the header decision, overlaps); False when this run has said it
     already (a second read of the same files)."""
-    seed = run.distill.seed if seed is None else seed
+    seed = data_seed(run) if seed is None else seed
     if run.task == "causal_lm":
         return data_mod.load_lm_corpus(run.data, seed=seed)
     return data_mod.load_task(run.data, run.n_train, run.n_eval, seed, text_column=run.text_column,
                               label_column=run.label_column, header=run.header,
                               report=_log if report else _quiet, encoding=run.encoding,
                               allow_eval_overlap=run.allow_eval_overlap)
+
+
+def data_seed(run: RunConfig) -> int:
+    """The seed of the run's n_train / n_eval subsets: ``data_seed``, else ``distill.seed``."""
+    return run.distill.seed if run.data_seed is None else run.data_seed
+
+
+def teacher_training_split(run: RunConfig, report: bool = True) -> dict[str, Any]:
+    """The splits the teacher fine-tunes on: ``load_data`` with ``finetune.n_train``; with
+    ``finetune.disjoint``, the training examples whose texts are not in the distillation's
+    ``n_train`` subset (then ``finetune.n_train`` of them, a seeded subset)."""
+    import dataclasses
+
+    ft = run.finetune
+    if not ft.get("disjoint"):
+        sized = run if ft["n_train"] is None else dataclasses.replace(run, n_train=int(ft["n_train"]))
+        return load_data(sized, report=report)
+    pool = {text for text, _ in load_data(run, report=report)["train"]}
+    splits = load_data(dataclasses.replace(run, n_train=None, finetune=dict(ft, disjoint=False)), report=False)
+    rest = [example for example in splits["train"] if example[0] not in pool]
+    if not rest:
+        raise data_mod.DataError(f"finetune.disjoint: every training text is in the distillation's n_train="
+                                 f"{run.n_train} subset; lower n_train to leave the teacher examples of its own")
+    if ft["n_train"] is not None:
+        rest = _subset(rest, int(ft["n_train"]), data_seed(run))
+    (_log if report else _quiet)(f"finetune.disjoint: the teacher trains on {len(rest)} of the "
+                                 f"{len(splits['train']) - len(pool)} training examples outside the "
+                                 f"distillation's {len(pool)}")
+    return dict(splits, train=rest)
 
 
 def _quiet(message: str) -> None:
@@ -36,9 +65,9 @@ def encode_splits(run: RunConfig, splits: dict[str, Any], tokenizer, student_tok
     if run.task == "causal_lm":
         out = {k: data_mod.encode_lm(splits[k], tokenizer, length) for k in ("train", "eval")}
         if run.n_train is not None:
-            out["train"] = _subset(out["train"], run.n_train, run.distill.seed)
+            out["train"] = _subset(out["train"], run.n_train, data_seed(run))
         if run.n_eval is not None:
-            out["eval"] = _subset(out["eval"], run.n_eval, run.distill.seed + 1)
+            out["eval"] = _subset(out["eval"], run.n_eval, data_seed(run) + 1)
         return out
     return {k: data_mod.encode(splits[k], tokenizer, length, student_tokenizer=student_tokenizer)
             for k in ("train", "eval")}

@@ -14,7 +14,7 @@ from .atomic import atomic_directory
 from .config import ConfigError
 from .messages import log as _log
 from .run_config import RunConfig
-from .run_data import align_label_names, encode_splits, label_count, load_data
+from .run_data import align_label_names, encode_splits, label_count, teacher_training_split
 from .run_models import base_teacher_source, check_run, load_teacher
 
 
@@ -42,15 +42,17 @@ def finetune_teacher(run: RunConfig, progress: bool = True, *, why: str | None =
     from .telemetry import measure
 
     ft = run.finetune
+    pool_run = run  # the distillation's own n_train (finetune.disjoint keeps the teacher off its subset)
     if ft["n_train"] is not None:  # the teacher may see more (or fewer) training examples than the student
         run = dataclasses.replace(run, n_train=int(ft["n_train"]))
     if run.teacher_bits:
         raise ConfigError("fine-tune the teacher unquantized (drop teacher_bits for finetune-teacher); "
                           "distill then loads the saved teacher quantized")
     check_run(run, teacher=base_teacher_source(run), student=False)
-    splits = align_label_names(run, base_teacher_source(run), load_data(run, report=not data_reported))
+    splits = align_label_names(run, base_teacher_source(run),
+                               teacher_training_split(pool_run, report=not data_reported))
     num_labels = label_count(run, splits)
-    origin = teacher_origin(run, base_teacher_source(run), splits.get("label_names"))
+    origin = teacher_origin(pool_run, base_teacher_source(run), splits.get("label_names"))
     cached = cached_teacher(origin)
     if cached is not None:
         copy_teacher(cached, run.teacher_dir)

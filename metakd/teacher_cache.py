@@ -74,6 +74,12 @@ def data_identity(data: str | dict) -> dict[str, Any]:
     return {"spec": data, "files": files, **splits_identity(data)}
 
 
+def finetune_identity(finetune: dict[str, Any]) -> dict[str, Any]:
+    """The fine-tuning settings as keys record them: ``disjoint`` only when true, so teachers
+    cached before it existed keep their key."""
+    return {k: v for k, v in finetune.items() if k != "disjoint" or v}
+
+
 def teacher_origin(run: "RunConfig", base: str, label_names: Sequence[str] | None) -> dict[str, Any]:
     """What a fine-tuned teacher is trained from: its cache key is a hash of this. ``code``: the
     fine-tuning code's version (``metakd.finetune.FINETUNE_VERSION``) and metakd's."""
@@ -86,9 +92,12 @@ def teacher_origin(run: "RunConfig", base: str, label_names: Sequence[str] | Non
         "label_column": run.label_column, "header": run.header, "label_map": run.label_map,
         "label_names": list(label_names) if label_names is not None else None,
         "n_train": run.finetune.get("n_train") or run.n_train,  # the examples the teacher trains on
-        "seed": run.distill.seed, "max_length": run.distill.max_length, "finetune": run.finetune,
+        "seed": run.distill.seed, "max_length": run.distill.max_length, "finetune": finetune_identity(run.finetune),
         "teacher_dtype": run.teacher_dtype or "fp32",  # the dtype the teacher is loaded and fine-tuned in
         "code": {"finetune": FINETUNE_VERSION, "metakd": __version__},
+        # set only when used, so teachers cached before these settings existed keep their key
+        **({"data_seed": run.data_seed} if run.data_seed is not None else {}),
+        **({"distill_pool": run.n_train} if run.finetune.get("disjoint") else {}),
     }, default=str))
 
 

@@ -151,6 +151,7 @@ def prepare_teacher(run, fine_tune: bool = True, progress: bool = True) -> dict[
     settings that shape it. Returns where the task teacher lies and how it scored."""
     from ..finetune import cache_dir, cache_key
     from ..run import finetune_teacher, label_count, load_data
+    from ..teacher_cache import finetune_identity
     from ..synthetic import splits_identity
 
     if not fine_tune:
@@ -159,7 +160,10 @@ def prepare_teacher(run, fine_tune: bool = True, progress: bool = True) -> dict[
         return {"teacher_dir": run.teacher, "cached": False, "seconds": 0.0, "eval": None}
     key = cache_key(kind="sweep-teacher", version=TEACHER_CACHE_VERSION, teacher=run.teacher, task=run.task,
                     data=run.data, text_column=run.text_column, label_column=run.label_column,
-                    n_train=run.finetune["n_train"] or run.n_train, n_eval=run.n_eval, finetune=run.finetune,
+                    n_train=run.finetune["n_train"] or run.n_train, n_eval=run.n_eval,
+                    finetune=finetune_identity(run.finetune),
+                    **({"data_seed": run.data_seed} if run.data_seed is not None else {}),
+                    **({"distill_pool": run.n_train} if run.finetune["disjoint"] else {}),
                     teacher_config=run.teacher_config, max_length=run.distill.max_length, seed=run.distill.seed,
                     **splits_identity(run.data))
     target = cache_dir() / "bench-teachers" / key
