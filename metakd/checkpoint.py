@@ -28,7 +28,6 @@ from torch import nn
 
 from .atomic import atomic_directory
 from .config import ConfigError, DistillConfig
-from .schedules import load_teacher_schedule, scheduler_state
 
 FORMAT = "metakd.checkpoint"
 VERSION = 2
@@ -47,7 +46,7 @@ class CheckpointError(ConfigError):
 
 
 # ---------------------------------------------------------------------------- optimizers
-def _optimizer_tensors(prefix: str, optimizer: torch.optim.Optimizer | None) -> tuple[dict[str, torch.Tensor], dict]:
+def optimizer_tensors(prefix: str, optimizer: torch.optim.Optimizer | None) -> tuple[dict[str, torch.Tensor], dict]:
     """The optimizer's state tensors under ``prefix.INDEX.KEY`` and the rest as JSON."""
     if optimizer is None:
         return {}, {}
@@ -62,7 +61,8 @@ def _optimizer_tensors(prefix: str, optimizer: torch.optim.Optimizer | None) -> 
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _load_optimizer(prefix: str, optimizer: torch.optim.Optimizer | None, meta: dict, tensors: dict) -> None:
+def load_optimizer(prefix: str, optimizer: torch.optim.Optimizer | None, meta: dict, tensors: dict) -> None:
+    """Restore ``optimizer`` from ``optimizer_tensors``' output (a CheckpointError when it does not fit)."""
     if optimizer is None:
         return
     state: dict[int, dict[str, Any]] = {}
@@ -98,18 +98,6 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fit_start(distiller: Any) -> dict[str, Any]:
-    """Where the distiller's current ``fit`` started: its step and shuffle generator states (a
-    distiller stepped without ``fit``: now, with the generators a ``fit`` would start from)."""
-    start = getattr(distiller, "_fit_start", None)
-    if start is not None:
-        return start
-    from .rng import shuffle_generators
-
-    shuffle = getattr(distiller, "_shuffle", None) or shuffle_generators(distiller.config.seed)
-    return {"step": distiller.steps_done, **{k: g.get_state() for k, g in shuffle.items()}}
-
-
 def save_checkpoint(directory: str | Path, distiller: Any, history: dict[str, list],
                     data: dict[str, Any] | None = None) -> Path:
     """Write the distiller's state after ``distiller.steps_done`` steps to ``directory``; ``data``
@@ -121,12 +109,8 @@ def save_checkpoint(directory: str | Path, distiller: Any, history: dict[str, li
         tensors[f"student.{name}"] = value.detach().cpu().contiguous()
     for name, value in _teacher_trained(distiller.teacher).items():
         tensors[f"teacher.{name}"] = value.detach().cpu().contiguous()
-    opt_s, meta_s = _optimizer_tensors("optim_student", distiller.student_optimizer)
-    opt_t, meta_t = _optimizer_tensors("optim_teacher", distiller.teacher_optimizer)
-    tensors.update(opt_s)
-    tensors.update(opt_t)
-    start = _fit_start(distiller)
-    tensors.update({f"rng.{k}_shuffle": v for k, v in start.items() if k != "step"})
+    state_meta, state_tensors = distiller.state.checkpoint_entries()
+    tensors.update(state_tensors)
     guard = getattr(distiller, "guard", None)
     guard_meta, guard_tensors = guard.state() if guard is not None else (None, {})
     tensors.update(guard_tensors)
@@ -134,37 +118,13 @@ def save_checkpoint(directory: str | Path, distiller: Any, history: dict[str, li
     if initial is not None:
         tensors.update(initial.state())
     tensors = _unshare(tensors)
-    meta = {"format": FORMAT, "version": VERSION, "steps_done": distiller.steps_done, "fit_start_step": start["step"],
-            "config": distiller.config.to_dict(), "optimizers": {"student": meta_s, "teacher": meta_t},
-            "counters": {k: getattr(distiller, k) for k in ("skipped_steps", "bad_in_a_row") if hasattr(distiller, k)},
-            "history": history, "data": data, "schedulers": scheduler_state(distiller),
-            "train_seconds": train_seconds(distiller), "teacher_guard": guard_meta}
-    scaler = getattr(distiller, "scaler", None)
-    if scaler is not None and scaler.is_enabled():  # fp16: the loss scale and its growth tracker
-        meta["scaler"] = {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in scaler.state_dict().items()}
+    meta = {"format": FORMAT, "version": VERSION, "config": distiller.config.to_dict(), **state_meta,
+            "history": history, "data": data, "teacher_guard": guard_meta}
     with atomic_directory(directory) as tmp:
         save_file(tensors, str(tmp / STATE_FILE), metadata={"format": FORMAT})
         meta["sha256"] = file_sha256(tmp / STATE_FILE)
         (tmp / META_FILE).write_text(json.dumps(meta, default=float))
     return Path(directory)
-
-
-def start_clock(distiller: Any) -> None:
-    """Start timing the distiller's training: checkpoints then record the training seconds so
-    far (``train_seconds``), and a resumed run adds the seconds of the runs before it."""
-    import time
-
-    distiller.metakd_clock = time.perf_counter()
-    distiller.metakd_seconds_before = 0.0
-
-
-def train_seconds(distiller: Any) -> float | None:
-    """Wall seconds of training over every segment of a resumed run so far (None: no clock)."""
-    import time
-
-    if getattr(distiller, "metakd_clock", None) is None:
-        return None
-    return float(getattr(distiller, "metakd_seconds_before", 0.0)) + time.perf_counter() - distiller.metakd_clock
 
 
 def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -264,49 +224,13 @@ def load_checkpoint(directory: str | Path, distiller: Any, data: dict[str, Any] 
         distiller.student_module.load_state_dict(student)
         for name, p in trained.items():
             p.copy_(teacher[name])
-    _load_optimizer("optim_student", distiller.student_optimizer, meta["optimizers"]["student"], tensors)
-    _load_optimizer("optim_teacher", distiller.teacher_optimizer, meta["optimizers"]["teacher"], tensors)
-    _load_schedulers(distiller, meta.get("schedulers"), directory, int(meta.get("fit_start_step", 0)))
-    if meta.get("scaler") and getattr(distiller, "scaler", None) is not None and distiller.scaler.is_enabled():
-        distiller.scaler.load_state_dict(meta["scaler"])
-    distiller.steps_done = int(meta["steps_done"])
-    if meta.get("train_seconds") is not None and getattr(distiller, "metakd_clock", None) is not None:
-        distiller.metakd_seconds_before = float(meta["train_seconds"])
-    for key, value in meta.get("counters", {}).items():
-        setattr(distiller, key, value)
+    fit_start = distiller.state.load_checkpoint_entries(meta, tensors, directory)
     if getattr(distiller, "guard", None) is not None:
         distiller.guard.load(meta.get("teacher_guard"), tensors)
     if getattr(distiller, "initial_teacher", None) is not None:
         distiller.initial_teacher.load(tensors, distiller.device)
-    meta["fit_start"] = _saved_fit_start(meta, tensors, distiller.config.seed)
+    meta["fit_start"] = fit_start
     return meta
-
-
-def _load_schedulers(distiller: Any, saved: dict[str, Any] | None, directory: Path, fit_start_step: int = 0) -> None:
-    """Restore the learning-rate schedules' position; refuse a resume that changes a schedule's
-    length (``max_steps``/``epochs`` may change only while both schedules are flat)."""
-    student = getattr(distiller, "student_scheduler", None)
-    if student is None or saved is None:
-        return
-    cfg = distiller.config
-    flat = (cfg.student_lr_schedule == cfg.teacher_lr_schedule == "constant") and cfg.warmup_ratio is None
-    if not flat and int(saved["total_steps"]) != int(distiller.schedule_steps):
-        raise CheckpointError(f"the checkpoint in {directory} follows learning-rate schedules over "
-                              f"{saved['total_steps']} steps but this run has {distiller.schedule_steps}; resume with "
-                              "the same max_steps/epochs (a schedule's shape depends on the run's length)")
-    student.load_state_dict(saved["student"])
-    if getattr(distiller, "teacher_scheduler", None) is not None and saved.get("teacher") is not None:
-        load_teacher_schedule(distiller, saved, fit_start_step)  # its length counts teacher steps
-
-
-def _saved_fit_start(meta: dict[str, Any], tensors: dict[str, torch.Tensor], seed: int) -> dict[str, Any]:
-    from .rng import shuffle_generators
-
-    if "rng.train_shuffle" in tensors:
-        return {"step": int(meta.get("fit_start_step", 0)), "train": tensors["rng.train_shuffle"],
-                "quiz": tensors["rng.quiz_shuffle"]}
-    # version 1: a first fit, whose loaders were seeded by the config
-    return {"step": 0, **{k: g.get_state() for k, g in shuffle_generators(seed).items()}}
 
 
 class TrainingInterrupted(Exception):

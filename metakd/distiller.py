@@ -28,6 +28,7 @@ from .sharing import structural_copy
 from .teacher_guard import TeacherGuard
 from .teacher_objective import TeacherTerms
 from .training import TrainingLoopMixin
+from .training_state import TrainingState
 from .trunk import FrozenTrunk, resolve_teacher_layers
 from .vocab import shared_vocab_size
 
@@ -151,8 +152,6 @@ class MetaDistiller(MetaStepMixin, TrainingLoopMixin):
         # so a run is reproducible from its seed alone, and leave the caller's RNG as it was
         with seeded(cfg.seed, self.device):
             self._build(teacher, student)
-        self._shuffle: dict[str, torch.Generator] | None = None  # rng.shuffle_generators, made by the first fit
-        self.steps_done = 0
 
     def _build(self, teacher: nn.Module, student: nn.Module) -> None:
         """Models (adapters, eager attention, feature projections), objective and optimizers."""
@@ -191,16 +190,55 @@ class MetaDistiller(MetaStepMixin, TrainingLoopMixin):
                                 if self.phi and self.teacher_terms.needs_initial else None)
         self.guard = TeacherGuard(self.phi, cfg.teacher_guard_points, cfg.teacher_guard_trips,
                                   enabled=cfg.teacher_guard and cfg.meta_update != "none")
-        self.meta_start_step = cfg.meta_start if isinstance(cfg.meta_start, int) else None  # a share: fit resolves it
 
         self.student_params = [p for p in self._student.parameters() if p.requires_grad]
         if not self.student_params:
             raise ModelError("the student has no trainable parameters")
-        self.student_optimizer = make_optimizer(cfg.student_optimizer, self.student_params, cfg.student_lr,
-                                                cfg.weight_decay)
         teacher_lr = cfg.student_lr * cfg.teacher_lr_ratio if cfg.teacher_lr_ratio is not None else cfg.teacher_lr
-        self.teacher_optimizer = (make_optimizer(cfg.teacher_optimizer, self.phi, teacher_lr, cfg.weight_decay)
-                                  if self.phi else None)
+        self.state = TrainingState(
+            cfg, make_optimizer(cfg.student_optimizer, self.student_params, cfg.student_lr, cfg.weight_decay),
+            make_optimizer(cfg.teacher_optimizer, self.phi, teacher_lr, cfg.weight_decay) if self.phi else None,
+            self.device)
+
+    # ------------------------------------------------------------------ the training state, read-only
+    @property
+    def steps_done(self) -> int:
+        """Training steps taken so far (``state.steps_done``)."""
+        return self.state.steps_done
+
+    @property
+    def student_optimizer(self) -> torch.optim.Optimizer:
+        return self.state.student_optimizer
+
+    @property
+    def teacher_optimizer(self) -> torch.optim.Optimizer | None:
+        """None in plain KD."""
+        return self.state.teacher_optimizer
+
+    @property
+    def student_scheduler(self) -> Any:
+        """The student's learning-rate schedule of the current ``fit`` (None before one)."""
+        return self.state.student_scheduler
+
+    @property
+    def teacher_scheduler(self) -> Any:
+        """The teacher's learning-rate schedule of the current ``fit`` (None before one, or in plain KD)."""
+        return self.state.teacher_scheduler
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler:
+        """The fp16 ``GradScaler`` (disabled, a pass-through, for fp32 and bf16)."""
+        return self.state.scaler
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped in all for a NaN/inf loss or gradient (``step`` reports ``skipped`` 1.0)."""
+        return self.state.skipped_steps
+
+    @property
+    def bad_in_a_row(self) -> int:
+        """Skipped steps in a row up to the last step; at ``max_bad_steps`` the run stops with NumericalError."""
+        return self.state.bad_in_a_row
 
     # ------------------------------------------------------------------ the live models
     @property

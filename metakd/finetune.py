@@ -82,7 +82,7 @@ def finetune_classifier(model: nn.Module, train: Sequence, *, epochs: int = 2, l
     hyper-parameters) is resumed, replaying the seeded loader, so the result is the one of an
     uninterrupted run; one written with other settings is set aside (``log`` says so)."""
     from . import checkpoint as ckpt
-    from .finetune_checkpoint import finetune_checkpoint_settings, load_finetune_checkpoint, save_finetune_checkpoint
+    from .finetune_checkpoint import save_finetune_checkpoint
 
     if len(train) == 0:
         raise data_mod.DataError("cannot fine-tune on an empty data set")
@@ -98,21 +98,7 @@ def finetune_classifier(model: nn.Module, train: Sequence, *, epochs: int = 2, l
     settings = json.loads(json.dumps({**(settings or {}), "epochs": epochs, "lr": lr, "batch_size": batch_size,
                                       "weight_decay": weight_decay, "seed": seed, "task": task, "total": total,
                                       "examples": len(train)}, default=str))
-    losses: list[float] = []
-    replay, rng = 0, None
-    if checkpoint_dir is not None:
-        found = finetune_checkpoint_settings(checkpoint_dir)
-        if found == settings:
-            meta = load_finetune_checkpoint(checkpoint_dir, model, optimizer, schedule)
-            losses, rng = list(meta["losses"]), meta["rng"]
-            replay = int(meta["steps_done"])
-            if log:
-                log(f"resuming the teacher's fine-tuning from the checkpoint in {checkpoint_dir} at step {replay} "
-                    f"of {total}")
-        elif found is not None and log:
-            differ = sorted(k for k in set(found) | set(settings) if found.get(k) != settings.get(k))
-            log(f"not resuming the fine-tuning checkpoint in {checkpoint_dir}: written with other settings "
-                f"({', '.join(differ[:4])}); fine-tuning from the start")
+    losses, rng, replay = _resume_finetune(checkpoint_dir, settings, model, optimizer, schedule, total, log)
     model.train()
     done = replay
     steplog = None
@@ -133,19 +119,9 @@ def finetune_classifier(model: nn.Module, train: Sequence, *, epochs: int = 2, l
                     continue
                 if done >= total:
                     break
-                batch = {k: v.to(device) for k, v in batch.items()}
                 if steplog is not None:
                     steplog.begin()
-                out = model(**model_inputs(batch, "teacher"))
-                if task == "causal_lm":
-                    loss = next_token_ce(out.logits, batch["labels"])
-                else:
-                    loss = torch.nn.functional.cross_entropy(out.logits, batch["labels"])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                losses.append(float(loss.detach()))
+                losses.append(_supervised_step(model, {k: v.to(device) for k, v in batch.items()}, task, optimizer))
                 done += 1
                 if steplog is not None:  # before the schedule moves on: the rate this step used
                     steplog.end({"loss": losses[-1]}, {"teacher": optimizer}, done)
@@ -161,6 +137,45 @@ def finetune_classifier(model: nn.Module, train: Sequence, *, epochs: int = 2, l
                     raise ckpt.TrainingInterrupted(stop.signal, done, checkpoint_dir)
     model.eval()
     return losses
+
+
+def _resume_finetune(checkpoint_dir: str | Path | None, settings: dict[str, Any], model: nn.Module,
+                     optimizer: torch.optim.Optimizer, schedule: Any, total: int,
+                     log: Callable[[str], None] | None) -> tuple[list[float], Any, int]:
+    """Restore a fine-tuning checkpoint written with the same ``settings``; returns its losses, the
+    global RNG state to restore after the replay, and the steps to replay (nothing found: [], None, 0)."""
+    from .finetune_checkpoint import finetune_checkpoint_settings, load_finetune_checkpoint
+
+    if checkpoint_dir is None:
+        return [], None, 0
+    found = finetune_checkpoint_settings(checkpoint_dir)
+    if found == settings:
+        meta = load_finetune_checkpoint(checkpoint_dir, model, optimizer, schedule)
+        replay = int(meta["steps_done"])
+        if log:
+            log(f"resuming the teacher's fine-tuning from the checkpoint in {checkpoint_dir} at step {replay} "
+                f"of {total}")
+        return list(meta["losses"]), meta["rng"], replay
+    if found is not None and log:
+        differ = sorted(k for k in set(found) | set(settings) if found.get(k) != settings.get(k))
+        log(f"not resuming the fine-tuning checkpoint in {checkpoint_dir}: written with other settings "
+            f"({', '.join(differ[:4])}); fine-tuning from the start")
+    return [], None, 0
+
+
+def _supervised_step(model: nn.Module, batch: dict[str, torch.Tensor], task: str,
+                     optimizer: torch.optim.Optimizer) -> float:
+    """One AdamW step on the batch's cross-entropy (next-token for a causal LM), gradients clipped at 1."""
+    out = model(**model_inputs(batch, "teacher"))
+    if task == "causal_lm":
+        loss = next_token_ce(out.logits, batch["labels"])
+    else:
+        loss = torch.nn.functional.cross_entropy(out.logits, batch["labels"])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return float(loss.detach())
 
 
 class _Reporter:

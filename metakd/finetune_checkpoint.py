@@ -15,7 +15,7 @@ from torch import nn
 
 from .atomic import atomic_directory
 from .rng import global_rng_tensors
-from .checkpoint import (STATE_FILE, CheckpointError, _load_optimizer, _optimizer_tensors, file_sha256,
+from .checkpoint import (STATE_FILE, CheckpointError, load_optimizer, optimizer_tensors, file_sha256,
                          _unshare)
 
 FORMAT = "metakd.finetune-checkpoint"
@@ -29,7 +29,7 @@ def save_finetune_checkpoint(directory: str | Path, model: nn.Module, optimizer:
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    opt, opt_meta = _optimizer_tensors("optim", optimizer)
+    opt, opt_meta = optimizer_tensors("optim", optimizer)
     tensors.update(opt)
     tensors.update(global_rng_tensors())
     schedule_state = {k: v for k, v in schedule.state_dict().items() if k != "lr_lambdas"}
@@ -77,7 +77,7 @@ def load_finetune_checkpoint(directory: str | Path, model: nn.Module, optimizer:
     except RuntimeError as exc:
         raise CheckpointError(f"the fine-tuning checkpoint in {directory} holds another model: "
                               f"{str(exc).splitlines()[0]}") from None
-    _load_optimizer("optim", optimizer, meta["optimizer"], tensors)
+    load_optimizer("optim", optimizer, meta["optimizer"], tensors)
     schedule.load_state_dict(dict(meta["schedule"], lr_lambdas=[None] * len(optimizer.param_groups)))
     meta["rng"] = {k: v for k, v in tensors.items() if k.startswith("rng.")}
     return meta

@@ -62,8 +62,9 @@ def _join(names: Sequence[str]) -> str:
 
 
 class MetaStepMixin:
-    """``step`` and ``meta_gradient`` of MetaDistiller (which sets the models, optimizers, config,
-    objective and ``dist`` these methods use)."""
+    """``step`` and ``meta_gradient`` of MetaDistiller (which builds the models, config, objective and
+    ``dist`` these methods use); the step count, optimizers, scaler and the numerical guards'
+    counters are the distiller's ``state`` (``metakd.training_state.TrainingState``)."""
 
     teacher_layers: list[int] | None = None
     """Indices of the teacher blocks that learn (None: all); set by MetaDistiller."""
@@ -113,13 +114,13 @@ class MetaStepMixin:
 
         Dropout draws from the global RNG seeded by ``metakd.rng.step_seed(seed, rank, step)``
         (other masks in every step and process); the caller's RNG state is restored after."""
-        with seeded(step_seed(self.config.seed, self.dist.rank, self.steps_done), self.device):
+        with seeded(step_seed(self.config.seed, self.dist.rank, self.state.steps_done), self.device):
             return self._step(batch, quiz_batch)
 
     def _step(self, batch: Mapping[str, Any], quiz_batch: Mapping[str, Any] | None) -> dict[str, float]:
         batch, quiz_batch = self.dist.shard(batch), self.dist.shard(quiz_batch)  # this process's rows
         cfg = self.config
-        is_meta = cfg.meta_update != "none" and self.steps_done % cfg.meta_every == 0 and self.teacher_learns()
+        is_meta = cfg.meta_update != "none" and self.state.steps_done % cfg.meta_every == 0 and self.teacher_learns()
         if is_meta and quiz_batch is None:
             raise ValueError(f"meta_update={cfg.meta_update!r} needs a quiz_batch for the meta-step")
         batch = to_device(batch, self.device)
@@ -129,7 +130,7 @@ class MetaStepMixin:
         if timing:
             self.timer.reset()
         start = time.perf_counter()
-        metrics: dict[str, float] = {"step": float(self.steps_done), "meta": float(is_meta)}
+        metrics: dict[str, float] = {"step": float(self.state.steps_done), "meta": float(is_meta)}
         self._step_bad = ()  # what this step finds NaN/inf (_student_step, _meta_update)
         if is_meta:
             metrics.update(self._meta_update(batch, to_device(quiz_batch, self.device)))
@@ -141,7 +142,7 @@ class MetaStepMixin:
             for prefix, read in (("cpu", "cpu_seconds"), ("mem", "peaks"), ("energy", "energy")):
                 values = getattr(self.timer, read, dict)()  # a timer with only phase/totals/reset has none
                 metrics.update({f"{prefix}_{k}": float(v) for k, v in values.items() if v is not None})
-        self.steps_done += 1
+        self.state.steps_done += 1
         self._count_bad_step(metrics)  # sets metrics["skipped"]; too many bad steps in a row raise NumericalError
         return metrics
 
@@ -149,15 +150,15 @@ class MetaStepMixin:
         """Whether the teacher learns at this step: past ``meta_start`` and not stopped by the guard."""
         if self.guard.stopped:
             return False
-        if self.meta_start_step is None:
+        if self.state.meta_start_step is None:
             raise ValueError(f"meta_start={self.config.meta_start} is a share of the run: fit resolves it; stepping "
                              "by hand, give meta_start as a step number")
-        return self.steps_done >= self.meta_start_step
+        return self.state.steps_done >= self.state.meta_start_step
 
     def pilot_lr(self) -> float:
         """The pilot step's size: ``pilot_lr``, or the student's current learning rate ("student")."""
         if self.config.pilot_lr == "student":
-            return float(self.student_optimizer.param_groups[0]["lr"])
+            return float(self.state.student_optimizer.param_groups[0]["lr"])
         return float(self.config.pilot_lr)
 
     def _teacher_terms(self, batch: Mapping[str, Any], trunk: TrunkOutput | None) -> Any:
@@ -195,21 +196,21 @@ class MetaStepMixin:
         with self.timer.phase("student_step"):
             with self.autocast():
                 loss = self.objective.inner(self._student(batch), t_out, batch)
-            self.student_optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()  # also for a NaN/inf loss: every step runs the same backward
+            self.state.student_optimizer.zero_grad(set_to_none=True)
+            self.state.scaler.scale(loss).backward()  # also for a NaN/inf loss: every step runs the same backward
             loss = self._average_student_grads(loss)  # data-parallel: the global batch's gradient and loss
-            self.scaler.unscale_(self.student_optimizer)  # fp16: the true gradients (else a no-op)
+            self.state.scaler.unscale_(self.state.student_optimizer)  # fp16: the true gradients (else a no-op)
             value = float(loss.detach())
             bad = _non_finite([("student loss", value), ("student gradient", [p.grad for p in self.student_params])])
-            if fp16_overflow(bad, self.scaler.is_enabled()):
+            if fp16_overflow(bad, self.state.scaler.is_enabled()):
                 self._overflow = True  # fp16 loss scale too high: the scaler skips the step and lowers it
-                self.scaler.step(self.student_optimizer)
+                self.state.scaler.step(self.state.student_optimizer)
             elif bad:  # skip: never step on a NaN/inf loss or gradient
                 self._step_bad += bad
-                self.student_optimizer.zero_grad(set_to_none=True)
+                self.state.student_optimizer.zero_grad(set_to_none=True)
             else:
-                self.scaler.step(self.student_optimizer)
-            self.scaler.update()
+                self.state.scaler.step(self.state.student_optimizer)
+            self.state.scaler.update()
         return value
 
     def meta_batch(self, batch: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -235,17 +236,8 @@ class MetaStepMixin:
     # ------------------------------------------------------------------ fp16 loss scaling
     _overflow: bool = False  # this step's fp16 gradients overflowed at the current loss scale
 
-    @property
-    def scaler(self) -> torch.amp.GradScaler:
-        """The fp16 ``GradScaler`` (disabled, a pass-through, for fp32 and bf16)."""
-        if getattr(self, "_scaler", None) is None:
-            from .precision import make_scaler
-
-            self._scaler = make_scaler(self.device, self.config.precision)
-        return self._scaler
-
     def _loss_scale(self) -> float:
-        return float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
+        return float(self.state.scaler.get_scale()) if self.state.scaler.is_enabled() else 1.0
 
 
     def meta_gradient(self, batch: Mapping[str, Any], quiz_batch: Mapping[str, Any],
@@ -284,9 +276,9 @@ class MetaStepMixin:
         bad = _non_finite([("inner loss", result.inner_loss), ("pilot gradient", result.pilot_grads),
                            ("quiz loss", result.quiz_loss), ("meta-gradient", result.phi_grads)])
         if bad:  # skip the whole step before anything is applied: neither the teacher nor the student moves
-            if fp16_overflow(bad, self.scaler.is_enabled()):  # the loss scale is too high: lower it
+            if fp16_overflow(bad, self.state.scaler.is_enabled()):  # the loss scale is too high: lower it
                 self._overflow = True
-                advance_scale(self.scaler, found_inf=True)
+                advance_scale(self.state.scaler, found_inf=True)
             else:
                 self._step_bad += bad
             return {"inner_loss": result.inner_loss, "quiz_loss": result.quiz_loss, "teacher_grad_norm": math.nan,
@@ -298,8 +290,8 @@ class MetaStepMixin:
                 torch.stack([torch.linalg.vector_norm(g) for g in result.phi_grads])))
             if cfg.teacher_grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(self.phi, cfg.teacher_grad_clip)
-            self.teacher_optimizer.step()
-            self.teacher_optimizer.zero_grad(set_to_none=True)
+            self.state.teacher_optimizer.step()
+            self.state.teacher_optimizer.zero_grad(set_to_none=True)
 
         out = {"inner_loss": result.inner_loss, "quiz_loss": result.quiz_loss, "teacher_grad_norm": grad_norm,
                **result.terms}
@@ -310,18 +302,13 @@ class MetaStepMixin:
             with self.timer.phase("student_step"):
                 for p, g in zip(self.student_params, result.pilot_grads):
                     p.grad = g
-                self.student_optimizer.step()
-                self.student_optimizer.zero_grad(set_to_none=True)
-                advance_scale(self.scaler, found_inf=False)  # fp16: a clean step counts towards the scale's growth
+                self.state.student_optimizer.step()
+                self.state.student_optimizer.zero_grad(set_to_none=True)
+                advance_scale(self.state.scaler, found_inf=False)  # fp16: a clean step counts towards the scale's growth
             out["student_loss"] = result.inner_loss
         return out
 
     # ------------------------------------------------------------------ numerical guards
-    skipped_steps: int = 0
-    """Steps skipped in all for a NaN/inf loss or gradient (``step`` reports ``skipped`` 1.0)."""
-    bad_in_a_row: int = 0
-    """Skipped steps in a row up to the last step (a good step resets it); at ``max_bad_steps`` the
-    run stops with NumericalError."""
     _step_bad: tuple[str, ...] = ()   # what the current step found NaN/inf
     _streak_bad: tuple[str, ...] = ()  # what the current run of bad steps found NaN/inf
 
@@ -331,18 +318,18 @@ class MetaStepMixin:
         bad, self._step_bad = self._step_bad, ()
         overflow, self._overflow = self._overflow, False
         metrics["skipped"] = float(bool(bad) or overflow)
-        if self.scaler.is_enabled():
+        if self.state.scaler.is_enabled():
             metrics["loss_scale"] = self._loss_scale()
         if overflow and not bad:  # fp16 loss-scale overflow: skipped by the scaler, not a numerical fault
             log.info("step %d skipped: fp16 gradients overflowed; loss scale lowered to %g", int(metrics["step"]),
                      self._loss_scale())
             return
         if not bad:
-            self.bad_in_a_row, self._streak_bad = 0, ()
+            self.state.bad_in_a_row, self._streak_bad = 0, ()
             return
         cfg = self.config
-        self.skipped_steps += 1
-        self.bad_in_a_row += 1
+        self.state.skipped_steps += 1
+        self.state.bad_in_a_row += 1
         self._streak_bad += tuple(b for b in bad if b not in self._streak_bad)
         step = int(metrics["step"])
         if not metrics["meta"]:
@@ -352,18 +339,33 @@ class MetaStepMixin:
         else:
             kept = "neither the teacher nor the student updated"
         log.warning("step %d skipped: %s NaN/inf, %s (%d bad in a row, %d in all; the run stops at "
-                    "max_bad_steps=%d in a row)", step, _join(bad), kept, self.bad_in_a_row, self.skipped_steps,
+                    "max_bad_steps=%d in a row)", step, _join(bad), kept, self.state.bad_in_a_row, self.state.skipped_steps,
                     cfg.max_bad_steps)
-        if self.bad_in_a_row < cfg.max_bad_steps:
+        if self.state.bad_in_a_row < cfg.max_bad_steps:
             return
-        n, what = self.bad_in_a_row, self._streak_bad
+        n, what = self.state.bad_in_a_row, self._streak_bad
         causes = [f"student_lr {cfg.student_lr} too high ({cfg.student_optimizer})",
                   f"temperature {cfg.temperature} too low (soft labels overflow)"]
         if cfg.meta_update != "none":
-            causes += [f"teacher_lr {cfg.teacher_lr} too high",
-                       f"pilot_lr {cfg.pilot_lr} too large (the pilot step diverges; meta_update={cfg.meta_update!r})"]
+            causes += [f"the teacher's lr {self._teacher_lr_said()} too high",
+                       f"the pilot step's lr {self._pilot_lr_said()} too large (the pilot step diverges; "
+                       f"meta_update={cfg.meta_update!r})"]
         raise NumericalError(
             f"{_join(what)} {'was' if len(what) == 1 else 'were'} NaN/inf in {n} steps in a row "
             f"(steps {step - n + 1}-{step}); likely causes: {', '.join(causes)}, or NaN/inf in the data or the "
             f"teacher's outputs. Lower the learning rates or raise the temperature (each bad step was skipped; "
             f"max_bad_steps={cfg.max_bad_steps} in a row stop the run)")
+
+    def _teacher_lr_said(self) -> str:
+        """The teacher's learning rate as the run set it, for an error message."""
+        cfg, optimizer = self.config, self.state.teacher_optimizer
+        now = optimizer.param_groups[0]["lr"] if optimizer is not None else cfg.teacher_lr
+        if cfg.teacher_lr_ratio is not None:
+            return f"{now:g} (teacher_lr_ratio {cfg.teacher_lr_ratio:g} x student_lr)"
+        return f"{now:g} (teacher_lr {cfg.teacher_lr:g})" if now != cfg.teacher_lr else f"{now:g} (teacher_lr)"
+
+    def _pilot_lr_said(self) -> str:
+        """The pilot step's learning rate as the run set it, for an error message."""
+        if self.config.pilot_lr == "student":
+            return f"{self.pilot_lr():g} (pilot_lr: student, the student's current lr)"
+        return f"{self.pilot_lr():g} (pilot_lr)"

@@ -33,7 +33,7 @@ def _train_time(m, d) -> dict[str, Any]:
     checkpoint each resumed from, plus this one), ``segment_seconds`` this process's part; CPU
     time, energy and memory are this segment's."""
     out = m.to_dict()
-    before = float(getattr(d, "metakd_seconds_before", 0.0) or 0.0)
+    before = float(d.state.seconds_before or 0.0)
     if before:
         out["segment_seconds"] = out["seconds"]
         out["seconds"] = out["seconds"] + before
@@ -100,7 +100,6 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False, *, resu
     Launched on several processes (``accelerate launch``/``torchrun``) the training is
     data-parallel (``metakd.distributed``); every process trains and evaluates, only the main one
     shows progress and writes files, and the others wait for it."""
-    from .checkpoint import start_clock
     from .distiller import MetaDistiller
     from .distributed import Dist
     from .evaluate import generation_speed
@@ -132,7 +131,7 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False, *, resu
     d = MetaDistiller(teacher, student, cfg, dist=dist, keep_teacher_adapters=True)  # a run file names its teacher
     teacher_before = d.evaluate(encoded["eval"], model="teacher")
     teacher_warning = log_collapse_warning(run, teacher_before, encoded["eval"])
-    start_clock(d)  # checkpoints record the training seconds, so a resumed run reports the sum
+    d.state.start_clock()  # checkpoints record the training seconds, so a resumed run reports the sum
     with measure(energy=EnergyMeter()) as m:
         history = d.fit(encoded["train"], eval_data=encoded["eval"], checkpoint_dir=Path(run.output) / "checkpoint",
                         resume=resume, log_dir=run.output)

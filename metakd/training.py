@@ -16,9 +16,7 @@ from tqdm.auto import tqdm
 
 from . import data as data_mod
 from .evaluate import evaluate_model
-from .schedules import attach_schedulers, current_lrs, step_schedulers
 from .step_log import StepLog, format_eta
-from .rng import shuffle_generators
 
 log = logging.getLogger("metakd.distiller")
 
@@ -56,7 +54,8 @@ def _closing(steplog: StepLog | None) -> Iterator[None]:
 
 
 class TrainingLoopMixin:
-    """``fit`` and ``evaluate`` of MetaDistiller (built on its ``step``)."""
+    """``fit`` and ``evaluate`` of MetaDistiller (built on its ``step``); what a run's progress is
+    (steps, schedules, shuffle generators) lives in the distiller's ``state``."""
 
     # ------------------------------------------------------------------ training loop
     def _pad_ids(self) -> dict[str, int]:
@@ -83,13 +82,6 @@ class TrainingLoopMixin:
         if isinstance(data, DataLoader):
             return data
         return data_mod.loader(data, batch_size, data_mod.make_collator(self._pad_ids()), True, generator=generator)
-
-    def _shuffle_generators(self) -> dict[str, torch.Generator]:
-        """The generators that shuffle the training and quiz data (``metakd.rng``), made from the
-        config's seed by the first ``fit`` and continued by later ones."""
-        if getattr(self, "_shuffle", None) is None:
-            self._shuffle = shuffle_generators(self.config.seed)
-        return self._shuffle
 
     def fit(self, train_data: Any, quiz_data: Any = None, eval_data: Any = None,
             checkpoint_dir: str | Path | None = None, resume: bool = False,
@@ -122,29 +114,10 @@ class TrainingLoopMixin:
         """
         from . import checkpoint as ckpt
 
-        cfg = self.config
-        if not isinstance(train_data, DataLoader):
-            self._check_data(train_data, "training")
-            if quiz_data is None:
-                train_data, quiz_data = data_mod.split_quiz(train_data, cfg.quiz_fraction, cfg.seed)
-        elif quiz_data is None and cfg.meta_update != "none":
-            raise ValueError("pass quiz_data when train_data is a DataLoader")
-        if quiz_data is not None and not isinstance(quiz_data, DataLoader):
-            self._check_data(quiz_data, "quiz")
-        if eval_data is not None and not isinstance(eval_data, DataLoader):
-            self._check_data(eval_data, "evaluation")
-        if validation_data is None and cfg.validation_fraction > 0:
-            if isinstance(train_data, DataLoader):
-                raise ValueError("pass validation_data when train_data is a DataLoader (validation_fraction > 0)")
-            exclude = [d for d in (quiz_data, eval_data) if d is not None and not isinstance(d, DataLoader)]
-            train_data, validation_data = data_mod.split_validation(train_data, cfg.validation_fraction, cfg.seed,
-                                                                    exclude)
-        if validation_data is not None and not isinstance(validation_data, DataLoader):
-            self._check_data(validation_data, "validation")
-
-        shuffle = self._shuffle_generators()
-        # where this fit starts: a checkpoint keeps it, so a resume replays the same batches
-        self._fit_start = {"step": self.steps_done, **{k: g.get_state() for k, g in shuffle.items()}}
+        cfg, state = self.config, self.state
+        train_data, quiz_data, validation_data = self._fit_data(train_data, quiz_data, eval_data, validation_data)
+        shuffle = state.shuffle_generators()
+        state.begin_fit()  # where this fit starts: a checkpoint keeps it, so a resume replays the same batches
         train_loader = self._loader(train_data, cfg.batch_size, shuffle["train"])
         quiz_iter = (self._cycle(self._loader(quiz_data, self._quiz_rows(quiz_data), shuffle["quiz"]))
                      if quiz_data is not None and cfg.meta_update != "none" else None)
@@ -152,35 +125,20 @@ class TrainingLoopMixin:
         total = steps_per_epoch * cfg.epochs
         if cfg.max_steps is not None:
             total = min(total, cfg.max_steps) if steps_per_epoch else cfg.max_steps
-        if not isinstance(cfg.meta_start, int):  # a share of this fit's steps
-            self.meta_start_step = self.steps_done + int(round(cfg.meta_start * total))
-        history: dict[str, Any] = {"train": [], "eval": []}
-        if validation_data is not None:
-            history["validation"] = []
-        attach_schedulers(self, total)  # before a checkpoint restores their position
+        state.resolve_meta_start(total)  # meta_start as a share of this fit's steps
+        state.start_schedules(total)  # before a checkpoint restores their position
         tracker = None
         if cfg.track_teacher and eval_data is not None and not isinstance(eval_data, DataLoader):
             from .teacher_stats import TeacherTracker
 
             tracker = TeacherTracker(self, eval_data, cfg.track_teacher)  # the initial teacher: before a resume
-        replay = 0
-        self._data_fingerprint = ckpt.data_fingerprint(train_data) if checkpoint_dir is not None else None
-        if checkpoint_dir is not None and resume:
-            if ckpt.has_checkpoint(checkpoint_dir):
-                meta = ckpt.load_checkpoint(checkpoint_dir, self, self._data_fingerprint)
-                history, self._fit_start = meta["history"], meta["fit_start"]
-                if not isinstance(cfg.meta_start, int):  # the share counts from where the resumed fit started
-                    self.meta_start_step = self._fit_start["step"] + int(round(cfg.meta_start * total))
-                for key, generator in shuffle.items():  # the loaders have not drawn yet
-                    generator.set_state(self._fit_start[key])
-                # a shorter max_steps: nothing left to do
-                replay = min(int(meta["steps_done"]) - self._fit_start["step"], total)
-                log.warning("resuming from the checkpoint in %s at step %d of %d", checkpoint_dir, replay, total)
-            else:
-                log.warning("no checkpoint in %s: starting from the beginning", checkpoint_dir)
+        fingerprint = ckpt.data_fingerprint(train_data) if checkpoint_dir is not None else None
+        history, replay = self._resume(checkpoint_dir, fingerprint, total) if resume else (None, 0)
+        if history is None:
+            history = {"train": [], "eval": [], **({"validation": []} if validation_data is not None else {})}
         done = replay
         self._begin_guard(validation_data, done)
-        steplog = self._step_log(log_dir, total, self.steps_done if resume else None)  # lines are by global step
+        steplog = self._step_log(log_dir, total, state.steps_done if resume else None)  # lines are by global step
         bar = tqdm(total=total, initial=done, desc=f"distil ({cfg.meta_update})", disable=not cfg.progress, leave=False)
         with ckpt.StopSignals(enabled=checkpoint_dir is not None) as stop, _closing(steplog):
             for _epoch in range(max(cfg.epochs, math.ceil(total / max(steps_per_epoch, 1)))):
@@ -192,7 +150,7 @@ class TrainingLoopMixin:
                         continue
                     if done >= total:
                         break
-                    lrs = current_lrs(self)  # the rates this step uses
+                    lrs = state.learning_rates()  # the rates this step uses
                     if steplog is not None:
                         steplog.begin()
                     metrics = self.step(batch, next(quiz_iter) if quiz_iter is not None else None)
@@ -201,25 +159,85 @@ class TrainingLoopMixin:
                     done += 1
                     bar.update(1)
                     line = self._log_step(steplog, metrics, done)  # before the schedules move: this step's rates
-                    step_schedulers(self, meta=bool(metrics["meta"]))  # the teacher's: after a meta-step
+                    state.advance_schedules(meta=bool(metrics["meta"]))  # the teacher's: after a meta-step
                     bar.set_postfix(loss=f"{metrics['student_loss']:.3f}", **_teacher_postfix(metrics),
                                     **({"eta": format_eta(line["eta_seconds"])} if line else {}))
                     if cfg.eval_every and done % cfg.eval_every == 0 and done < total:
                         self._evaluate_point(done, history, eval_data, validation_data, tracker)
                     stopping = self._agreed_stop(stop.signal) if checkpoint_dir is not None else None
                     if checkpoint_dir is not None and (stopping or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
-                        self._checkpoint(checkpoint_dir, history)
+                        self._checkpoint(checkpoint_dir, history, fingerprint)
                     if stopping:
                         bar.close()
                         raise ckpt.TrainingInterrupted(stopping, done, checkpoint_dir)
                 if done >= total:
                     break
         bar.close()
-        if checkpoint_dir is not None and self.steps_done and not (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
-            self._checkpoint(checkpoint_dir, history)
+        return self._finish(history, done, eval_data, validation_data, tracker, checkpoint_dir, fingerprint)
+
+    def _fit_data(self, train_data: Any, quiz_data: Any, eval_data: Any, validation_data: Any) -> tuple[Any, Any, Any]:
+        """Check the data sets and carve the quiz and validation splits ``fit`` needs from the
+        training data; returns (train, quiz, validation)."""
+        cfg = self.config
+        if not isinstance(train_data, DataLoader):
+            self._check_data(train_data, "training")
+            if quiz_data is None:
+                train_data, quiz_data = data_mod.split_quiz(train_data, cfg.quiz_fraction, cfg.seed)
+        elif quiz_data is None and cfg.meta_update != "none":
+            raise ValueError("pass quiz_data when train_data is a DataLoader")
+        if quiz_data is not None and not isinstance(quiz_data, DataLoader):
+            self._check_data(quiz_data, "quiz")
+        if isinstance(quiz_data, DataLoader) and cfg.meta_update != "none" and cfg.quiz_batches != 1:
+            raise ValueError(f"quiz_batches={cfg.quiz_batches!r} draws several quiz batches' worth of examples per "
+                             "meta-step from quiz data given as examples; a DataLoader's batches are its own: give "
+                             "quiz_data as a sequence of encoded examples, or make the DataLoader's batches larger "
+                             "and keep quiz_batches=1")
+        if eval_data is not None and not isinstance(eval_data, DataLoader):
+            self._check_data(eval_data, "evaluation")
+        if validation_data is None and cfg.validation_fraction > 0:
+            if isinstance(train_data, DataLoader):
+                raise ValueError("pass validation_data when train_data is a DataLoader (validation_fraction > 0)")
+            exclude = [d for d in (quiz_data, eval_data) if d is not None and not isinstance(d, DataLoader)]
+            train_data, validation_data = data_mod.split_validation(train_data, cfg.validation_fraction, cfg.seed,
+                                                                    exclude)
+        if validation_data is not None and not isinstance(validation_data, DataLoader):
+            self._check_data(validation_data, "validation")
+        return train_data, quiz_data, validation_data
+
+    def _resume(self, checkpoint_dir: str | Path | None, fingerprint: dict | None,
+                total: int) -> tuple[dict[str, Any] | None, int]:
+        """Restore the checkpoint in ``checkpoint_dir`` (when there is one) and set the shuffle
+        generators to where its ``fit`` started; returns its history (None: starting from the
+        beginning) and the number of this fit's steps it had taken, to replay."""
+        from . import checkpoint as ckpt
+
+        if checkpoint_dir is None:
+            return None, 0
+        if not ckpt.has_checkpoint(checkpoint_dir):
+            log.warning("no checkpoint in %s: starting from the beginning", checkpoint_dir)
+            return None, 0
+        state = self.state
+        meta = ckpt.load_checkpoint(checkpoint_dir, self, fingerprint)
+        state.resolve_meta_start(total)  # the share counts from where the resumed fit started
+        for key, generator in state.shuffle_generators().items():  # the loaders have not drawn yet
+            generator.set_state(state.fit_start[key])
+        replay = min(int(meta["steps_done"]) - state.fit_start["step"], total)  # a shorter max_steps: nothing left
+        log.warning("resuming from the checkpoint in %s at step %d of %d", checkpoint_dir, replay, total)
+        return meta["history"], replay
+
+    def _finish(self, history: dict[str, Any], done: int, eval_data: Any, validation_data: Any, tracker: Any,
+                checkpoint_dir: str | Path | None, fingerprint: dict | None) -> dict[str, Any]:
+        """The end of ``fit``: the last checkpoint, the final evaluation, the best-validation point, the
+        guard's line."""
+        cfg = self.config
+        periodic = cfg.checkpoint_every and done % cfg.checkpoint_every == 0
+        if checkpoint_dir is not None and self.state.steps_done and not periodic:
+            self._checkpoint(checkpoint_dir, history, fingerprint)
         for key in ("eval", "validation"):  # a resumed run re-evaluates the end
             if key in history:
                 history[key] = [e for e in history[key] if e["step"] != done]
+        # after the checkpoint, as a killed run's: a resume (a longer max_steps) is the uninterrupted run, and
+        # resuming a finished run evaluates the end again, the guard acting as it did
         self._evaluate_point(done, history, eval_data, validation_data, tracker, final=True)
         if validation_data is not None:
             history["best"] = best_validation(history, cfg.task)
@@ -234,7 +252,7 @@ class TrainingLoopMixin:
         """Rows of one meta-step's quiz batch: ``quiz_batches`` quiz batches' worth, or the whole split."""
         cfg = self.config
         if cfg.quiz_batches == "all":
-            return max(1, len(quiz_data)) if not isinstance(quiz_data, DataLoader) else cfg.batch_size
+            return max(1, len(quiz_data))
         return (cfg.quiz_batch_size or cfg.batch_size) * int(cfg.quiz_batches)
 
     def _begin_guard(self, validation_data: Any, step: int) -> None:
@@ -270,7 +288,7 @@ class TrainingLoopMixin:
         if validation_data is not None:
             point = {"step": step, **self.evaluate(validation_data)}
             point.update(self.guard.check(step, lambda: self.evaluate(validation_data, model="teacher")["accuracy"],
-                                          self.teacher_optimizer, getattr(self, "teacher_scheduler", None)))
+                                          self.state.teacher_optimizer, self.state.teacher_scheduler))
             history["validation"].append(point)
 
 
@@ -284,7 +302,8 @@ class TrainingLoopMixin:
     def _log_step(self, steplog: StepLog | None, metrics: dict[str, float], done: int) -> dict | None:
         if steplog is None:
             return None
-        return steplog.end(metrics, {"student": self.student_optimizer, "teacher": self.teacher_optimizer}, done)
+        return steplog.end(metrics, {"student": self.state.student_optimizer, "teacher": self.state.teacher_optimizer},
+                           done)
 
     def _agreed_stop(self, signal_name: str | None) -> str | None:
         """The stop signal, agreed by all processes: one that got a signal stops them all after the
@@ -295,12 +314,12 @@ class TrainingLoopMixin:
         flag = dist.all_reduce_mean([torch.tensor([1.0 if signal_name else 0.0], device=dist.device)])[0]
         return signal_name or ("SIGTERM" if float(flag) > 0 else None)
 
-    def _checkpoint(self, directory: str | Path, history: dict[str, list]) -> None:
+    def _checkpoint(self, directory: str | Path, history: dict[str, list], fingerprint: dict | None) -> None:
         from .checkpoint import save_checkpoint
 
         dist = getattr(self, "dist", None)
         if dist is None or dist.is_main:
-            save_checkpoint(directory, self, history, getattr(self, "_data_fingerprint", None))
+            save_checkpoint(directory, self, history, fingerprint)
         if dist is not None:
             dist.barrier()  # nobody moves on (or exits) while the main process writes
 

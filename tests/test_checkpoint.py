@@ -306,3 +306,26 @@ def test_an_interrupted_atomic_write_puts_the_previous_version_back(tmp_path):
     finally:
         atomic.Path.rename = real
     assert (target / "f").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+def test_a_checkpoint_written_before_the_training_state_object_resumes_bit_identically(tmp_path):
+    """``fixtures/checkpoint_before_training_state``: written by metakd at commit 3b907a6 (before
+    ``TrainingState``) by this run (LoRA, jvp, linear schedules with a warm-up step, a checkpoint
+    every 3 steps) killed in step 4. Today's code resumes it to the result of an uninterrupted run
+    of today's code (its own checkpoints are covered by the tests above)."""
+    import shutil
+
+    changes = dict(student_lr_schedule="linear", teacher_lr_schedule="linear", warmup_steps=1, checkpoint_every=3)
+    whole = _distiller("lora", 7, **changes)
+    history = whole.fit(EXAMPLES)
+    shutil.copytree(os.path.join(FIXTURES, "checkpoint_before_training_state"), tmp_path / "ckpt")
+    resumed = _distiller("lora", 7, **changes)
+    tail = resumed.fit(EXAMPLES, checkpoint_dir=tmp_path / "ckpt", resume=True)
+    assert resumed.steps_done == 7 and resumed.state.fit_start["step"] == 0
+    _assert_same(_state(resumed), _state(whole))
+    assert [m["student_loss"] for m in tail["train"]] == [m["student_loss"] for m in history["train"]]
+    assert resumed.state.student_scheduler.last_epoch == whole.state.student_scheduler.last_epoch == 7
+    assert resumed.teacher_optimizer.param_groups[0]["lr"] == whole.teacher_optimizer.param_groups[0]["lr"]

@@ -56,8 +56,7 @@ PRIVATE_IMPORT_DEBT = {
     ("metakd.bench.meta_step_cost", "meta_grad", "_teacher"), ("metakd.bench.profile_meta_step", "meta_grad", "_teacher"),
     ("metakd.bench.teacher_terms", "meta_grad", "_teacher"), ("metakd.bench.quantized_teacher", "meta_grad", "_rss_bytes"),
     ("metakd.bench.scaling_worker", "meta_grad", "_rss_bytes"),
-    ("metakd.finetune_checkpoint", "checkpoint", "_load_optimizer"),
-    ("metakd.finetune_checkpoint", "checkpoint", "_optimizer_tensors"), ("metakd.finetune_checkpoint", "checkpoint", "_unshare"),
+    ("metakd.finetune_checkpoint", "checkpoint", "_unshare"),
     ("metakd.label_names", "data.errors", "_show"),
     *((f"metakd.data.{importer}", source, name) for importer, source, name in (
         ("batching", "labels", "_labels_in"), ("columns", "errors", "_show_list"), ("columns", "labels", "_parse_label"),

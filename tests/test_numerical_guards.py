@@ -246,7 +246,20 @@ def test_too_many_bad_steps_in_a_row_stop_fit_naming_the_causes(mode):
         assert "pilot_lr" not in message
     else:
         assert message.startswith("inner loss, pilot gradient, quiz loss and meta-gradient were NaN/inf")
-        assert "pilot_lr 0.5 too large" in message and "teacher_lr 0.01 too high" in message
+        assert "the pilot step's lr 0.5 (pilot_lr) too large" in message
+        assert "the teacher's lr 0.01 (teacher_lr) too high" in message
+
+
+def test_the_stop_message_names_the_learning_rates_the_run_used():
+    """A teacher lr set as a ratio of the student's and a pilot following the student's lr are named
+    as such, with the values the run used (not the unused teacher_lr / pilot_lr fields)."""
+    d = _distiller("lora", meta_grad="jvp", max_bad_steps=2, batch_size=4, teacher_lr_ratio=0.5, pilot_lr="student")
+    _nan_inner_on(d, {0, 1, 2, 3})
+    with pytest.raises(NumericalError) as caught:
+        d.fit(_examples(44))
+    message = str(caught.value)
+    assert "the teacher's lr 0.005 (teacher_lr_ratio 0.5 x student_lr) too high" in message
+    assert "the pilot step's lr 0.01 (pilot_lr: student, the student's current lr) too large" in message
 
 
 def test_a_huge_learning_rate_really_diverges_and_stops_the_run(caplog):

@@ -266,7 +266,7 @@ def test_a_resumed_second_fit_continues_its_teacher_schedule(tmp_path):
 
     whole = _scheduled(3, **changes)
     history = two_fits(whole)
-    assert whole.teacher_schedule_steps == 2
+    assert whole.state.teacher_schedule_steps == 2
     assert [m["teacher_lr"] for m in history["train"] if m["meta"]] == pytest.approx([0.0, 1e-2])
     with pytest.raises(TrainingInterrupted):
         two_fits(_scheduled(3, **changes), tmp_path, kill_at=5)

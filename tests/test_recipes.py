@@ -203,6 +203,22 @@ def test_quiz_batches_multiply_the_quiz_rows(quiz_batches, quiz_batch_size, rows
     assert seen == [rows] * 3
 
 
+@pytest.mark.parametrize("quiz_batches", [2, "all"])
+def test_quiz_batches_refuse_a_quiz_dataloader_before_any_step(quiz_batches):
+    """A DataLoader's batches are its own: quiz_batches cannot average over several of them, and says so."""
+    from torch.utils.data import DataLoader
+
+    from metakd.data import make_collator
+
+    d = _distiller(quiz_batches=quiz_batches, max_steps=3)
+    quiz = DataLoader(EXAMPLES[:8], batch_size=4, collate_fn=make_collator({"teacher": 0, "student": 0}))
+    train = DataLoader(EXAMPLES[8:], batch_size=4, collate_fn=make_collator({"teacher": 0, "student": 0}))
+    with pytest.raises(ValueError, match=r"quiz_batches=.* a DataLoader's batches are its own"):
+        d.fit(train, quiz_data=quiz)
+    assert d.steps_done == 0
+    _distiller(max_steps=2).fit(train, quiz_data=quiz)  # quiz_batches 1 takes the DataLoader as it is
+
+
 def _record_pilot_lrs(monkeypatch) -> list[float]:
     seen = []
     backend = metakd.meta_step.meta_gradient
