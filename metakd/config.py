@@ -127,7 +127,8 @@ class DistillConfig:
     """Meta modes: at every evaluation score the teacher on the validation split; when its accuracy
     falls more than ``teacher_guard_points`` below its start, restore its learning parameters to
     their best state so far, halve its learning rate, and after ``teacher_guard_trips`` trips stop
-    meta-updating (``metakd.teacher_guard``). Needs validation data to act."""
+    meta-updating (``metakd.teacher_guard``). Needs validation data to act; a causal LM's
+    teacher is scored by its next-token accuracy."""
     teacher_guard_points: float = 1.0
     """Accuracy points below its starting validation accuracy at which the guard trips."""
     teacher_guard_trips: int = 3

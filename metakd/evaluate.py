@@ -136,21 +136,24 @@ def evaluate_classifier(forward: Callable[[Mapping[str, Any]], Tensor], batches:
 def evaluate_lm(forward: Callable[[Mapping[str, Any]], Tensor], batches: Iterable[Mapping[str, Any]],
                 chunk_size: int | None = 1024) -> dict[str, float]:
     """Next-token loss and perplexity of a causal LM over ``batches`` (position t predicts
-    ``labels[:, t + 1]``, -100 ignored), weighted by token, plus evaluated tokens/s."""
-    loss_sum, n = 0.0, 0
+    ``labels[:, t + 1]``, -100 ignored), weighted by token, its next-token (top-1) accuracy, and
+    evaluated tokens/s."""
+    loss_sum, n, correct = 0.0, 0, 0
     start = time.perf_counter()
     for batch in batches:
         logits = forward(batch)
         labels = batch["labels"].to(logits.device)
-        count = int((labels[:, 1:] != -100).sum())
+        real = labels[:, 1:] != -100
+        count = int(real.sum())
         if count:
             loss_sum += float(losses.next_token_ce(logits.float(), labels, chunk_size)) * count
+            correct += int(((logits[:, :-1].argmax(-1) == labels[:, 1:]) & real).sum())
             n += count
     seconds = time.perf_counter() - start
     if n == 0:
         raise ValueError("evaluation data has no tokens to predict")
     loss = loss_sum / n
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": float(n),
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "next_token_accuracy": correct / n, "tokens": float(n),
             "tokens_per_second": n / seconds if seconds > 0 else float("nan")}
 
 

@@ -259,17 +259,18 @@ class TrainingLoopMixin:
         """Score the teacher as given on the validation split (the guard's start; meta modes only)."""
         if not self.guard.enabled:
             return
-        if self.config.task != "classification":  # it scores accuracy, which a causal LM's evaluation has not
-            log.warning("teacher guard: it watches a classifier teacher's validation accuracy; task=%r has none, so "
-                        "the guard is off in this run", self.config.task)
-            self.guard.enabled = False
-            return
         if validation_data is None:
             if self.guard.start_accuracy is None:
                 log.warning("teacher guard: no validation split (set validation_fraction > 0), so it cannot watch "
                             "the teacher in this run")
             return
-        self.guard.begin(lambda: self.evaluate(validation_data, model="teacher")["accuracy"], step)
+        self.guard.begin(lambda: self._teacher_accuracy(validation_data), step)
+
+    def _teacher_accuracy(self, data: Any) -> float:
+        """What the teacher guard watches: the teacher's accuracy on ``data`` (a causal LM's next-token
+        accuracy)."""
+        scores = self.evaluate(data, model="teacher")
+        return scores["next_token_accuracy" if self.config.task == "causal_lm" else "accuracy"]
 
     def _evaluate_point(self, step: int, history: dict[str, Any], eval_data: Any, validation_data: Any,
                         tracker: Any, final: bool = False) -> None:
@@ -287,7 +288,7 @@ class TrainingLoopMixin:
             history["eval"].append(point)
         if validation_data is not None:
             point = {"step": step, **self.evaluate(validation_data)}
-            point.update(self.guard.check(step, lambda: self.evaluate(validation_data, model="teacher")["accuracy"],
+            point.update(self.guard.check(step, lambda: self._teacher_accuracy(validation_data),
                                           self.state.teacher_optimizer, self.state.teacher_scheduler))
             history["validation"].append(point)
 

@@ -280,13 +280,16 @@ def test_evaluate_lm_perplexity_is_exp_of_token_weighted_loss():
     scores = evaluate_lm(lambda b: model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
                          batches, chunk_size=5)
     with torch.no_grad():
-        total, count = 0.0, 0
+        total, count, hits = 0.0, 0, 0
         for b in batches:
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
             y = b["labels"][:, 1:].reshape(-1)
             total += float(F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), y, ignore_index=-100, reduction="sum"))
             count += int((y != -100).sum())
+            guesses = logits[:, :-1].reshape(-1, VOCAB).argmax(-1)
+            hits += sum(int(g) == int(t) for g, t in zip(guesses, y) if int(t) != -100)
     assert scores["tokens"] == count
+    assert scores["next_token_accuracy"] == hits / count and 0 < hits < count
     assert scores["loss"] == pytest.approx(total / count, rel=1e-5)
     assert scores["perplexity"] == pytest.approx(torch.tensor(total / count).exp().item(), rel=1e-5)
     assert scores["tokens_per_second"] > 0

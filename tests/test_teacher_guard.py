@@ -208,18 +208,59 @@ def test_resume_after_a_trip_is_bit_identical(tmp_path, trips, kill_at):
     assert resumed.teacher_scheduler.base_lrs == whole.teacher_scheduler.base_lrs
 
 
-def test_a_causal_lm_run_with_a_validation_split_is_not_broken_by_the_guard(caplog):
-    """A causal LM's evaluation has a loss, not an accuracy: the guard says it is off instead of
-    failing the run (it raised KeyError 'accuracy' at the start of fit)."""
+def _lm_data():
+    """LM blocks whose validation labels are the tiny teacher's own next-token predictions (it starts
+    at 100% next-token accuracy) and whose training labels are the token after each (which its own
+    CE term then teaches it)."""
     from metakd.models import tiny_causal_lm
 
     from .test_teacher_objective import lm_batch
 
-    items = [{k: v[i] for k, v in lm_batch(s).items()} for s in range(10) for i in range(4)]
-    cfg = DistillConfig(task="causal_lm", meta_update="lora", meta_grad="jvp", batch_size=4, max_steps=2,
-                        validation_fraction=0.2, progress=False)
-    d = MetaDistiller(tiny_causal_lm("gpt2", num_layers=2, seed=1), tiny_causal_lm("gpt2", num_layers=1, seed=2), cfg)
-    history = d.fit(items)
+    blocks = [lm_batch(s, pad_rows=0) for s in range(10)]
+    with torch.no_grad():
+        teacher = tiny_causal_lm("gpt2", num_layers=2, seed=1)
+        preds = [teacher(input_ids=b["input_ids"]).logits[:, :-1].argmax(-1) for b in blocks]
+
+    def relabel(b, nxt):
+        labels = b["labels"].clone()
+        labels[:, 1:] = nxt
+        return [{"input_ids": b["input_ids"][i], "attention_mask": b["attention_mask"][i], "labels": labels[i]}
+                for i in range(labels.shape[0])]
+
+    validation = [x for b, p in zip(blocks[:2], preds[:2]) for x in relabel(b, p)]
+    train = [x for b, p in zip(blocks[2:], preds[2:]) for x in relabel(b, (p + 1) % 64)]
+    return train, validation
+
+
+def _lm_distiller(**changes) -> MetaDistiller:
+    from metakd.models import tiny_causal_lm
+
+    settings = dict(task="causal_lm", meta_update="lora", meta_grad="jvp", batch_size=4, quiz_fraction=0.25,
+                    progress=False, seed=3, eval_every=2)
+    settings.update(changes)
+    return MetaDistiller(tiny_causal_lm("gpt2", num_layers=2, seed=1), tiny_causal_lm("gpt2", num_layers=1, seed=2),
+                         DistillConfig(**settings))
+
+
+def test_a_causal_lm_teacher_is_watched_by_its_next_token_accuracy():
+    """A causal LM has no class accuracy: the guard watches the teacher's next-token accuracy on the
+    validation blocks (it raised KeyError 'accuracy' at the start of fit once)."""
+    train, validation = _lm_data()
+    d = _lm_distiller(max_steps=2)
+    history = d.fit(train, validation_data=validation)
     assert [m["meta"] for m in history["train"]] == [1.0, 1.0]
-    assert "teacher_guard" not in history and history["validation"]
-    assert "task='causal_lm' has none, so the guard is off" in caplog.text
+    summary = history["teacher_guard"]
+    assert summary["watching"] and summary["start_accuracy"] == 1.0
+    assert history["validation"][-1]["teacher_validation_accuracy"] == summary["final_accuracy"]
+
+
+def test_a_damaged_causal_lm_teacher_trips_the_guard_and_is_restored():
+    train, validation = _lm_data()
+    d = _lm_distiller(max_steps=4, teacher_lr=0.3, teacher_grad_clip=None, meta_weight=0.0, teacher_ce_weight=1.0,
+                      teacher_guard_trips=1)
+    start = _phi(d)
+    history = d.fit(train, validation_data=validation)
+    summary = history["teacher_guard"]
+    assert summary["trip_count"] == 1 and summary["stopped"] and summary["trips"][0]["accuracy"] < 0.99
+    assert all(torch.equal(p.detach(), s) for p, s in zip(d.phi, start))
+    assert [m["meta"] for m in history["train"]] == [1.0, 1.0, 0.0, 0.0]

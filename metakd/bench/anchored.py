@@ -265,7 +265,11 @@ def _study(args, run, teacher: dict[str, Any], work: Path, timing: dict[str, flo
         f"data {run.data}: n_train {run.n_train} (train / quiz {d.quiz_fraction:g} / validation "
         f"{d.validation_fraction:g}, carved by seed), evaluation on {'all' if run.n_eval is None else run.n_eval} "
         f"held-out examples; student {run.student}; teacher {run.teacher} fine-tuned once (cached), held-out accuracy "
-        f"{(teacher.get('eval') or {}).get('accuracy', float('nan')):.4f}",
+        f"{(teacher.get('eval') or {}).get('accuracy', float('nan')):.4f}"
+        + (f", on {run.finetune['n_train'] or 'all the'} training examples outside the distillation's n_train pool "
+           "(finetune.disjoint)" if run.finetune.get("disjoint") else "")
+        + (f"; the pool is one seeded subset for every seed (data_seed {run.data_seed})"
+           if run.data_seed is not None else ""),
         f"schedule: {d.epochs} epoch(s)" + (f" capped at {d.max_steps} steps" if d.max_steps else "")
         + f", batch {d.batch_size}, student_lr {d.student_lr:g} ({d.student_lr_schedule}), T={d.temperature:g}, "
         f"alpha={d.alpha:g}, meta_grad={d.meta_grad}, pilot={d.pilot}; evaluation every {d.eval_every} steps",
