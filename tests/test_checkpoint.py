@@ -311,21 +311,46 @@ def test_an_interrupted_atomic_write_puts_the_previous_version_back(tmp_path):
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 
-def test_a_checkpoint_written_before_the_training_state_object_resumes_bit_identically(tmp_path):
+def test_a_checkpoint_written_before_the_training_state_object_still_loads_and_resumes(tmp_path):
     """``fixtures/checkpoint_before_training_state``: written by metakd at commit 3b907a6 (before
     ``TrainingState``) by this run (LoRA, jvp, linear schedules with a warm-up step, a checkpoint
-    every 3 steps) killed in step 4. Today's code resumes it to the result of an uninterrupted run
-    of today's code (its own checkpoints are covered by the tests above)."""
+    every 3 steps) killed in step 4. Today's code loads every part of it exactly (weights, both
+    optimizers, schedules, shuffle generators, counters), and resuming from it is the same run as
+    resuming from the checkpoint today's code writes of that state. (Its steps are not compared with
+    a fresh run: float results differ between CPUs and thread counts.)"""
     import shutil
 
+    from safetensors.torch import load_file
+
+    from metakd.checkpoint import save_checkpoint
+
+    fixture = os.path.join(FIXTURES, "checkpoint_before_training_state")
     changes = dict(student_lr_schedule="linear", teacher_lr_schedule="linear", warmup_steps=1, checkpoint_every=3)
-    whole = _distiller("lora", 7, **changes)
-    history = whole.fit(EXAMPLES)
-    shutil.copytree(os.path.join(FIXTURES, "checkpoint_before_training_state"), tmp_path / "ckpt")
-    resumed = _distiller("lora", 7, **changes)
-    tail = resumed.fit(EXAMPLES, checkpoint_dir=tmp_path / "ckpt", resume=True)
-    assert resumed.steps_done == 7 and resumed.state.fit_start["step"] == 0
-    _assert_same(_state(resumed), _state(whole))
-    assert [m["student_loss"] for m in tail["train"]] == [m["student_loss"] for m in history["train"]]
-    assert resumed.state.student_scheduler.last_epoch == whole.state.student_scheduler.last_epoch == 7
-    assert resumed.teacher_optimizer.param_groups[0]["lr"] == whole.teacher_optimizer.param_groups[0]["lr"]
+    saved, tensors = read_meta(fixture), load_file(os.path.join(fixture, "state.safetensors"))
+    loaded = _distiller("lora", 7, **changes)
+    loaded.state.start_schedules(7)  # as fit does before it restores them
+    meta = load_checkpoint(fixture, loaded)
+    state = _state(loaded)
+    for name, value in tensors.items():
+        head, _, rest = name.partition(".")
+        if head in ("student", "teacher"):
+            assert torch.equal(state[f"{head[0]}.{rest}"], value), name
+        elif head.startswith("optim_"):
+            assert torch.equal(state[f"o{head[6]}.{rest}"], value), name
+    assert loaded.steps_done == 3 and loaded.state.fit_start["step"] == 0
+    assert torch.equal(loaded.state.fit_start["train"], tensors["rng.train_shuffle"])
+    assert loaded.state.student_scheduler.last_epoch == 3
+    assert loaded.state.teacher_scheduler.state_dict()["last_epoch"] == saved["schedulers"]["teacher"]["last_epoch"]
+    assert loaded.teacher_optimizer.param_groups[0]["lr"] == saved["optimizers"]["teacher"]["param_groups"][0]["lr"]
+
+    save_checkpoint(tmp_path / "rewritten", loaded, meta["history"], meta["data"])
+    shutil.copytree(fixture, tmp_path / "old")
+    runs = []
+    for directory in ("old", "rewritten"):
+        d = _distiller("lora", 7, **changes)
+        history = d.fit(EXAMPLES, checkpoint_dir=tmp_path / directory, resume=True)
+        assert d.steps_done == 7 and len(history["train"]) == 7
+        runs.append((d, history))
+    _assert_same(_state(runs[0][0]), _state(runs[1][0]))
+    assert [m["student_loss"] for m in runs[0][1]["train"]] == [m["student_loss"] for m in runs[1][1]["train"]]
+    assert runs[0][0].teacher_optimizer.param_groups[0]["lr"] == runs[1][0].teacher_optimizer.param_groups[0]["lr"]
