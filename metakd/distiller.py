@@ -1,8 +1,9 @@
 """MetaDistiller: plain KD, or learning to teach with a LoRA or full teacher meta-update.
 
-This file builds a distiller (models, adapters, objective, optimizers); the meta-step and its
-guards live in ``meta_step.py``, the training loop with checkpoints and evaluation in
-``training.py``, saving in ``saving.py``."""
+This file builds a distiller (models, adapters, objective, optimizers) and the objects it owns:
+its ``TrainingState`` (``training_state.py``), its ``MetaStep`` (one training step and its numerical
+guards, ``meta_step.py``); each ``fit`` runs a ``TrainingLoop`` (``training.py``); saving is in
+``saving.py``."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ from torch import nn
 from .config import DistillConfig
 from .distributed import Dist
 from .forward import blocks_path
-from .meta_step import MetaStepMixin, NumericalError
+from .evaluate import evaluate_model
+from .meta_step import MetaStep
+from .metagrad import MetaResult
+from .numerical_guards import NumericalError
 from .precision import check_precision
 from .models import (ModelError, attach_lora, attach_student_lora, count_parameters, find_layer_list, has_lora,
                      meta_parameters, use_eager_attention)
@@ -27,7 +31,7 @@ from .initial_teacher import InitialTeacher
 from .sharing import structural_copy
 from .teacher_guard import TeacherGuard
 from .teacher_objective import TeacherTerms
-from .training import TrainingLoopMixin
+from .training import TrainingLoop
 from .training_state import TrainingState
 from .trunk import FrozenTrunk, resolve_teacher_layers
 from .vocab import shared_vocab_size
@@ -85,7 +89,7 @@ def _hidden_width(model: nn.Module) -> int | None:
     return getattr(getattr(model, "config", None), "hidden_size", None)
 
 
-class MetaDistiller(MetaStepMixin, TrainingLoopMixin):
+class MetaDistiller:
     """Distil ``teacher`` into ``student`` with a teacher that learns to teach.
 
     ``teacher`` and ``student`` are Hugging Face models (or any ``nn.Module`` whose output has
@@ -118,7 +122,7 @@ class MetaDistiller(MetaStepMixin, TrainingLoopMixin):
     def __init__(self, teacher: nn.Module, student: nn.Module, config: DistillConfig | None = None,
                  device: str | torch.device | None = None, timer: Any = None, dist: Dist | None = None,
                  keep_teacher_adapters: bool = False):
-        self.config = cfg = config or DistillConfig()
+        self._config = cfg = config or DistillConfig()
         cfg.validate()
         _check_teacher_adapters(teacher, cfg.meta_update, keep_teacher_adapters)
         self.dist = dist if dist is not None else Dist.from_env()
@@ -131,6 +135,7 @@ class MetaDistiller(MetaStepMixin, TrainingLoopMixin):
         self.device = torch.device(device) if device is not None else next(student.parameters()).device
         for model in (teacher, student):  # before any adapter is attached: a bad precision fails fast
             check_precision(cfg.precision, self.device, next(model.parameters()).dtype)
+        self._timer = timer
         self.vocab_size = None
         if cfg.task == "causal_lm":
             for name, model in (("teacher", teacher), ("student", student)):
@@ -142,7 +147,6 @@ class MetaDistiller(MetaStepMixin, TrainingLoopMixin):
             if t_labels is not None and s_labels is not None and t_labels != s_labels:
                 raise ModelError(f"teacher has {t_labels} labels but the student has {s_labels}")
             self.num_labels = s_labels or t_labels
-        self.timer = timer
         if cfg.recipe_filled:
             from .recipes import describe
 
@@ -199,6 +203,108 @@ class MetaDistiller(MetaStepMixin, TrainingLoopMixin):
             cfg, make_optimizer(cfg.student_optimizer, self.student_params, cfg.student_lr, cfg.weight_decay),
             make_optimizer(cfg.teacher_optimizer, self.phi, teacher_lr, cfg.weight_decay) if self.phi else None,
             self.device)
+        self.meta_step = MetaStep(
+            cfg, self.state, teacher=self.teacher, phi=self.phi, teacher_blocks=self.teacher_blocks,
+            teacher_layers=self.teacher_layers, trunk=self.trunk, student=self._student,
+            student_params=self.student_params, objective=self.objective, teacher_terms=self.teacher_terms,
+            initial_teacher=self.initial_teacher, guard=self.guard, dist=self.dist, device=self.device,
+            vocab_size=self.vocab_size, timer=self._timer)
+        """One training step (plain KD or a meta-step) and its numerical guards."""
+
+    # ------------------------------------------------------------------ training
+    @property
+    def config(self) -> DistillConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: DistillConfig) -> None:
+        """A changed config for the next ``fit`` (e.g. ``d.config.replace(max_steps=...)``): validated,
+        and what steps and counts the run (the meta-step, the training state) sees it too."""
+        config.validate()
+        self._config = self.state.config = self.meta_step.config = config
+
+    @property
+    def timer(self) -> Any:
+        """The phase timer of every step (``metakd.telemetry.PhaseTimer``; a no-op one by default)."""
+        return self.meta_step.timer
+
+    @timer.setter
+    def timer(self, value: Any) -> None:
+        self.meta_step.timer = value
+
+    def step(self, batch: Mapping[str, Any], quiz_batch: Mapping[str, Any] | None = None) -> dict[str, float]:
+        """One training step: a meta-step (pilot, quiz, teacher update, student update) when the
+        mode and ``meta_every`` call for one, else a plain KD step. Returns floats
+        (``metakd.meta_step.MetaStep.step``)."""
+        return self.meta_step.step(batch, quiz_batch)
+
+    def meta_gradient(self, batch: Mapping[str, Any], quiz_batch: Mapping[str, Any]) -> MetaResult:
+        """The meta-gradient ``∇_φ L_quiz`` of this batch and quiz batch with the configured backend,
+        without stepping anything (``metakd.meta_step.MetaStep.meta_gradient``)."""
+        return self.meta_step.meta_gradient(batch, quiz_batch)
+
+    def teacher_outputs(self, batch: Mapping[str, Any]) -> Any:
+        """The teacher's logits and the hidden states the feature loss reads, on ``batch``."""
+        return self.meta_step.teacher_outputs(batch)
+
+    def autocast(self) -> Any:
+        """The ``precision`` setting's autocast context on this device (every forward pass enters it)."""
+        return self.meta_step.autocast()
+
+    def pilot_lr(self) -> float:
+        """The pilot step's size: ``pilot_lr``, or the student's current learning rate ("student")."""
+        return self.meta_step.pilot_lr()
+
+    def fit(self, train_data: Any, quiz_data: Any = None, eval_data: Any = None,
+            checkpoint_dir: str | Path | None = None, resume: bool = False,
+            validation_data: Any = None, log_dir: str | Path | None = None) -> dict[str, Any]:
+        """Train for ``epochs`` (or ``max_steps``). Data sets are sequences of encoded examples
+        (see ``metakd.data.encode``) or DataLoaders of collated batches. When ``quiz_data`` is
+        None a quiz split of ``quiz_fraction`` is carved from ``train_data`` by seed, in every
+        mode, so all modes train on the same examples. Returns ``{"train": [...], "eval": [...]}``.
+
+        With ``validation_fraction`` > 0 (and no ``validation_data``) a validation split is carved
+        from the rest by seed (``metakd.data.split_validation``: unique by text, disjoint from the
+        quiz and evaluation data). It is scored wherever ``eval_data`` is (every ``eval_every``
+        steps and at the end), into ``history["validation"]``, and ``history["best"]`` holds the
+        best-validation point (``metakd.training.best_validation``). ``track_teacher`` adds the
+        teacher's figures (``metakd.teacher_stats``) to every ``history["eval"]`` point. The
+        learning-rate schedules (``student_lr_schedule``, ``teacher_lr_schedule``) run over this
+        call's training steps.
+
+        With ``checkpoint_dir`` a checkpoint (``metakd.checkpoint``) is written there every
+        ``checkpoint_every`` steps, at the end, and when SIGTERM or SIGINT arrives (then
+        ``TrainingInterrupted`` is raised after the step in progress). ``resume=True`` continues
+        from the checkpoint there (from the start when there is none); on CPU the result is bit
+        for bit the one of an uninterrupted run.
+
+        With ``log_dir`` each step's scalars go to ``log_dir/log.jsonl`` (and TensorBoard events to
+        ``log_dir/tensorboard`` with ``report_to="tensorboard"``; ``metakd.step_log``), and the
+        progress bar shows an ETA from the mean step time.
+
+        The batches are shuffled with generators the distiller owns (a second ``fit`` draws other
+        batches) and dropout is seeded per step (``metakd.rng``): the global RNG is left as it was.
+        """
+        return TrainingLoop(self, checkpoint_dir, log_dir).run(train_data, quiz_data, eval_data, validation_data,
+                                                               resume)
+
+    def evaluate(self, data: Any, model: str = "student") -> dict[str, float]:
+        """Accuracy, macro F1/precision/recall and mean CE loss of the student (or the teacher);
+        for ``task="causal_lm"`` next-token loss and perplexity (``metakd.evaluate.evaluate_model``).
+        Leaves the global RNG as it was."""
+        if model not in ("student", "teacher"):
+            raise ValueError(f"model must be 'student' or 'teacher', got {model!r}")
+        net = self.student if model == "student" else self.teacher
+        return evaluate_model(net, data, task=self.config.task, batch_size=self.config.eval_batch_size,
+                              pad=self.pad_ids(), side=model, num_labels=self.num_labels,
+                              lm_chunk_size=self.config.lm_chunk_size, device=self.device)
+
+    def pad_ids(self) -> dict[str, int]:
+        """The teacher's and the student's pad token ids (0 where a model's config has none)."""
+        def pid(m: nn.Module) -> int:
+            value = getattr(getattr(m, "config", None), "pad_token_id", None)
+            return int(value) if value is not None else 0
+        return {"teacher": pid(self.teacher), "student": pid(self.student)}
 
     # ------------------------------------------------------------------ the training state, read-only
     @property

@@ -1,75 +1,57 @@
-"""The meta-step and its numerical guards: one training step of MetaDistiller (a plain KD step,
-or teacher forward → pilot → quiz → meta-gradient → teacher step → student step), with every
-NaN/inf loss or gradient skipped, counted and, after ``max_bad_steps`` in a row, stopped."""
+"""One training step of a MetaDistiller: a plain KD step, or a meta-step (teacher forward →
+pilot → quiz → meta-gradient → teacher step → student step), with every NaN/inf loss or gradient
+skipped, counted and, after ``max_bad_steps`` in a row, stopped (``metakd.numerical_guards``)."""
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from contextlib import nullcontext
-from typing import Any, ContextManager, Mapping, Sequence
+from typing import Any, ContextManager, Mapping
 
 import torch
+from torch import nn
 
+from .distributed import Dist
 from .forward import Outputs, checkpointed_blocks, model_inputs, run, to_device
 from .metagrad import MetaProblem, MetaResult, meta_gradient
 from .metagrad.base import NullTimer
-from .trunk import FrozenTrunk, TrunkOutput, first_rows
+from .numerical_guards import BadSteps, NumericalError, fp16_overflow, non_finite
+from .objective import DistillStudent, Objective
 from .precision import advance_scale, autocast
 from .rng import seeded, step_seed
-
-log = logging.getLogger("metakd.distiller")
-
-
-class NumericalError(RuntimeError):
-    """``max_bad_steps`` steps in a row had a NaN/inf loss or gradient (each was skipped, never
-    applied); the message names the quantity and the likely causes with the run's settings."""
+from .teacher_guard import TeacherGuard
+from .teacher_objective import TeacherTerms
+from .training_state import TrainingState
+from .trunk import FrozenTrunk, TrunkOutput, first_rows
 
 
-def _finite(value: float | torch.Tensor | Sequence[torch.Tensor | None]) -> bool:
-    """Whether a loss (a float) or every tensor of a list of gradients is free of NaN and inf
-    (one host sync for the list)."""
-    if isinstance(value, (int, float)):
-        return math.isfinite(value)
-    tensors = [value] if isinstance(value, torch.Tensor) else [t for t in value if t is not None]
-    if not tensors:
-        return True
-    device = tensors[0].device
-    return bool(torch.stack([torch.isfinite(t).all().to(device) for t in tensors]).all())
+class MetaStep:
+    """The training step of one distiller. It takes the models and parts it steps (the teacher, its
+    learning parameters ``phi`` and the blocks and trunk around them; the student with its feature
+    projections and trainable parameters; the objective and the teacher's terms), the run's
+    ``TrainingState`` (step count, optimizers, fp16 scaler, guard counters), which it advances, and
+    the teacher guard, which says when the teacher stops learning. ``MetaDistiller`` builds one
+    (``d.meta_step``) and its ``step``/``meta_gradient`` are this object's."""
 
-
-def _non_finite(quantities: Sequence[tuple[str, Any]]) -> tuple[str, ...]:
-    """The names of the (name, value) pairs whose value holds a NaN or inf, in order."""
-    return tuple(name for name, value in quantities if not _finite(value))
-
-
-_GRADIENTS = frozenset({"student gradient", "pilot gradient", "meta-gradient"})
-
-
-def fp16_overflow(bad: Sequence[str], loss_scaling: bool) -> bool:
-    """The one rule telling an fp16 loss-scale overflow from a numerical fault. ``bad``: a step's
-    NaN/inf quantities in the order they are computed (:func:`_non_finite`; a plain step: student loss,
-    student gradient; a meta-step: inner loss, pilot gradient, quiz loss, meta-gradient). With loss
-    scaling on, the step overflowed when the first of them is a gradient: every loss before it is
-    finite, so the scaled backward overflowed, and what follows it (a NaN quiz loss at θ − η·inf) is
-    its consequence. Such a step is skipped and the scale lowered; the numerical guards do not count it."""
-    return loss_scaling and bool(bad) and bad[0] in _GRADIENTS
-
-
-def _join(names: Sequence[str]) -> str:
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
-
-
-class MetaStepMixin:
-    """``step`` and ``meta_gradient`` of MetaDistiller (which builds the models, config, objective and
-    ``dist`` these methods use); the step count, optimizers, scaler and the numerical guards'
-    counters are the distiller's ``state`` (``metakd.training_state.TrainingState``)."""
-
-    teacher_layers: list[int] | None = None
-    """Indices of the teacher blocks that learn (None: all); set by MetaDistiller."""
-    trunk: FrozenTrunk | None = None
-    """The frozen trunk below the learning blocks (None: none); set by MetaDistiller."""
+    def __init__(self, config: Any, state: TrainingState, *, teacher: nn.Module, phi: list[nn.Parameter],
+                 teacher_blocks: Any, teacher_layers: list[int] | None, trunk: FrozenTrunk | None,
+                 student: DistillStudent, student_params: list[nn.Parameter], objective: Objective,
+                 teacher_terms: TeacherTerms, initial_teacher: Any, guard: TeacherGuard, dist: Dist,
+                 device: torch.device, vocab_size: int | None = None, timer: Any = None):
+        self.config = config
+        self.state = state
+        self.teacher, self.phi, self.teacher_blocks = teacher, phi, teacher_blocks
+        self.teacher_layers = teacher_layers
+        """Indices of the teacher blocks that learn (None: all)."""
+        self.trunk = trunk
+        """The frozen trunk below the learning blocks (None: none)."""
+        self.student, self.student_params = student, student_params
+        self.objective, self.teacher_terms, self.initial_teacher = objective, teacher_terms, initial_teacher
+        self.guard, self.dist, self.device, self.vocab_size = guard, dist, device, vocab_size
+        self.timer = timer
+        self.bad = BadSteps(state, lambda: (self._teacher_lr_said(), self._pilot_lr_said()))
+        """What the current step found NaN/inf; counts bad steps into ``state``."""
 
     # ------------------------------------------------------------------ one step
     @property
@@ -125,13 +107,12 @@ class MetaStepMixin:
             raise ValueError(f"meta_update={cfg.meta_update!r} needs a quiz_batch for the meta-step")
         batch = to_device(batch, self.device)
         self.teacher.eval()
-        self._student.train()
+        self.student.train()
         timing = not isinstance(self.timer, NullTimer)
         if timing:
             self.timer.reset()
         start = time.perf_counter()
         metrics: dict[str, float] = {"step": float(self.state.steps_done), "meta": float(is_meta)}
-        self._step_bad = ()  # what this step finds NaN/inf (_student_step, _meta_update)
         if is_meta:
             metrics.update(self._meta_update(batch, to_device(quiz_batch, self.device)))
         else:
@@ -143,7 +124,7 @@ class MetaStepMixin:
                 values = getattr(self.timer, read, dict)()  # a timer with only phase/totals/reset has none
                 metrics.update({f"{prefix}_{k}": float(v) for k, v in values.items() if v is not None})
         self.state.steps_done += 1
-        self._count_bad_step(metrics)  # sets metrics["skipped"]; too many bad steps in a row raise NumericalError
+        self.bad.close(metrics, self.config)  # sets metrics["skipped"]; too many bad steps in a row raise NumericalError
         return metrics
 
     def teacher_learns(self) -> bool:
@@ -167,7 +148,7 @@ class MetaStepMixin:
         terms = self.teacher_terms
         if not terms.active:
             return None
-        initial = self._initial_teacher_logits(batch, trunk) if terms.needs_initial else None
+        initial = self.initial_teacher_logits(batch, trunk) if terms.needs_initial else None
         mask = model_inputs(batch, "teacher").get("attention_mask") if self.config.task == "causal_lm" else None
         v = self.vocab_size
 
@@ -176,7 +157,7 @@ class MetaStepMixin:
 
         return lambda teacher, student: terms.loss(cut(teacher), batch, cut(student), cut(initial), mask)
 
-    def _initial_teacher_logits(self, batch: Mapping[str, Any], trunk: TrunkOutput | None) -> torch.Tensor:
+    def initial_teacher_logits(self, batch: Mapping[str, Any], trunk: TrunkOutput | None) -> torch.Tensor:
         """The teacher as it was given (φ at its initial values) on ``batch``: no grad, one forward, or the
         logits kept from an earlier one (``metakd.initial_teacher``)."""
         from torch.func import functional_call
@@ -195,18 +176,18 @@ class MetaStepMixin:
             t_out = self.teacher_outputs(batch)
         with self.timer.phase("student_step"):
             with self.autocast():
-                loss = self.objective.inner(self._student(batch), t_out, batch)
+                loss = self.objective.inner(self.student(batch), t_out, batch)
             self.state.student_optimizer.zero_grad(set_to_none=True)
             self.state.scaler.scale(loss).backward()  # also for a NaN/inf loss: every step runs the same backward
             loss = self._average_student_grads(loss)  # data-parallel: the global batch's gradient and loss
             self.state.scaler.unscale_(self.state.student_optimizer)  # fp16: the true gradients (else a no-op)
             value = float(loss.detach())
-            bad = _non_finite([("student loss", value), ("student gradient", [p.grad for p in self.student_params])])
+            bad = non_finite([("student loss", value), ("student gradient", [p.grad for p in self.student_params])])
             if fp16_overflow(bad, self.state.scaler.is_enabled()):
-                self._overflow = True  # fp16 loss scale too high: the scaler skips the step and lowers it
+                self.bad.overflow = True  # fp16 loss scale too high: the scaler skips the step and lowers it
                 self.state.scaler.step(self.state.student_optimizer)
             elif bad:  # skip: never step on a NaN/inf loss or gradient
-                self._step_bad += bad
+                self.bad.found += bad
                 self.state.student_optimizer.zero_grad(set_to_none=True)
             else:
                 self.state.scaler.step(self.state.student_optimizer)
@@ -221,7 +202,7 @@ class MetaStepMixin:
             size //= self.dist.world_size
         return first_rows(batch, size)
 
-    def _run_trunk(self, batch: Mapping[str, Any]) -> TrunkOutput | None:
+    def run_trunk(self, batch: Mapping[str, Any]) -> TrunkOutput | None:
         """The frozen trunk's outputs on ``batch`` (no grad), or None when every block learns. It runs
         in the same autocast as the rest of the teacher: the replayed blocks then give the soft labels
         of a plain KD step's teacher forward."""
@@ -232,13 +213,6 @@ class MetaStepMixin:
 
     def _reusing_trunk(self, trunk: TrunkOutput | None) -> ContextManager[None]:
         return nullcontext() if trunk is None else self.trunk.reused(trunk)
-
-    # ------------------------------------------------------------------ fp16 loss scaling
-    _overflow: bool = False  # this step's fp16 gradients overflowed at the current loss scale
-
-    def _loss_scale(self) -> float:
-        return float(self.state.scaler.get_scale()) if self.state.scaler.is_enabled() else 1.0
-
 
     def meta_gradient(self, batch: Mapping[str, Any], quiz_batch: Mapping[str, Any],
                       trunk: TrunkOutput | None = None) -> MetaResult:
@@ -251,36 +225,36 @@ class MetaStepMixin:
             raise ValueError("meta_update='none' has no teacher meta parameters")
         batch, quiz_batch = to_device(batch, self.device), to_device(quiz_batch, self.device)
         self.teacher.eval()
-        self._student.train()
+        self.student.train()
         batch = self.meta_batch(batch)
         if trunk is None:
-            trunk = self._run_trunk(batch)
+            trunk = self.run_trunk(batch)
         with torch.enable_grad():
             with self._reusing_trunk(trunk):  # the trunk keeps no graph: the teacher backward stops at its output
                 t_out = self.teacher_outputs(batch, checkpointed=cfg.teacher_checkpointing)  # attached to φ
             return meta_gradient(cfg.meta_grad, MetaProblem(
-                student=self._student, params=self.student_params, objective=self.objective,
+                student=self.student, params=self.student_params, objective=self.objective,
                 teacher_out=t_out, batch=batch, quiz_batch=quiz_batch, phi=self.phi,
                 pilot_lr=self.pilot_lr(), unroll_steps=cfg.unroll_steps, pilot_optimizer=cfg.pilot_optimizer,
                 fd_epsilon=cfg.fd_epsilon, fd_scheme=cfg.fd_scheme, timer=self.timer,
                 reduce=self.dist.all_reduce_mean if self.dist.distributed else None,
-                autocast=self.autocast, loss_scale=self._loss_scale(),
+                autocast=self.autocast, loss_scale=self.bad.loss_scale(),
                 meta_weight=cfg.meta_weight, teacher_terms=self._teacher_terms(batch, trunk),
             ))
 
     def _meta_update(self, batch: Mapping[str, Any], quiz_batch: Mapping[str, Any]) -> dict[str, float]:
         cfg = self.config
         # the trunk once per meta-step: on the whole batch when the restore forward replays it
-        trunk = self._run_trunk(batch if cfg.pilot == "restore" else self.meta_batch(batch))
+        trunk = self.run_trunk(batch if cfg.pilot == "restore" else self.meta_batch(batch))
         result = self.meta_gradient(batch, quiz_batch, trunk)
-        bad = _non_finite([("inner loss", result.inner_loss), ("pilot gradient", result.pilot_grads),
+        bad = non_finite([("inner loss", result.inner_loss), ("pilot gradient", result.pilot_grads),
                            ("quiz loss", result.quiz_loss), ("meta-gradient", result.phi_grads)])
         if bad:  # skip the whole step before anything is applied: neither the teacher nor the student moves
             if fp16_overflow(bad, self.state.scaler.is_enabled()):  # the loss scale is too high: lower it
-                self._overflow = True
+                self.bad.overflow = True
                 advance_scale(self.state.scaler, found_inf=True)
             else:
-                self._step_bad += bad
+                self.bad.found += bad
             return {"inner_loss": result.inner_loss, "quiz_loss": result.quiz_loss, "teacher_grad_norm": math.nan,
                     "student_loss": result.inner_loss}
         with self.timer.phase("teacher_step"):
@@ -308,54 +282,6 @@ class MetaStepMixin:
             out["student_loss"] = result.inner_loss
         return out
 
-    # ------------------------------------------------------------------ numerical guards
-    _step_bad: tuple[str, ...] = ()   # what the current step found NaN/inf
-    _streak_bad: tuple[str, ...] = ()  # what the current run of bad steps found NaN/inf
-
-    def _count_bad_step(self, metrics: dict[str, float]) -> None:
-        """Count, log and mark (``metrics["skipped"]``) a step whose update was skipped for a NaN/inf
-        loss or gradient; raise NumericalError when ``max_bad_steps`` are bad in a row."""
-        bad, self._step_bad = self._step_bad, ()
-        overflow, self._overflow = self._overflow, False
-        metrics["skipped"] = float(bool(bad) or overflow)
-        if self.state.scaler.is_enabled():
-            metrics["loss_scale"] = self._loss_scale()
-        if overflow and not bad:  # fp16 loss-scale overflow: skipped by the scaler, not a numerical fault
-            log.info("step %d skipped: fp16 gradients overflowed; loss scale lowered to %g", int(metrics["step"]),
-                     self._loss_scale())
-            return
-        if not bad:
-            self.state.bad_in_a_row, self._streak_bad = 0, ()
-            return
-        cfg = self.config
-        self.state.skipped_steps += 1
-        self.state.bad_in_a_row += 1
-        self._streak_bad += tuple(b for b in bad if b not in self._streak_bad)
-        step = int(metrics["step"])
-        if not metrics["meta"]:
-            kept = "the student not updated"
-        elif bad[0] in ("student loss", "student gradient"):  # pilot="restore": the teacher stepped already
-            kept = "the student not updated (the teacher's meta-update was applied)"
-        else:
-            kept = "neither the teacher nor the student updated"
-        log.warning("step %d skipped: %s NaN/inf, %s (%d bad in a row, %d in all; the run stops at "
-                    "max_bad_steps=%d in a row)", step, _join(bad), kept, self.state.bad_in_a_row, self.state.skipped_steps,
-                    cfg.max_bad_steps)
-        if self.state.bad_in_a_row < cfg.max_bad_steps:
-            return
-        n, what = self.state.bad_in_a_row, self._streak_bad
-        causes = [f"student_lr {cfg.student_lr} too high ({cfg.student_optimizer})",
-                  f"temperature {cfg.temperature} too low (soft labels overflow)"]
-        if cfg.meta_update != "none":
-            causes += [f"the teacher's lr {self._teacher_lr_said()} too high",
-                       f"the pilot step's lr {self._pilot_lr_said()} too large (the pilot step diverges; "
-                       f"meta_update={cfg.meta_update!r})"]
-        raise NumericalError(
-            f"{_join(what)} {'was' if len(what) == 1 else 'were'} NaN/inf in {n} steps in a row "
-            f"(steps {step - n + 1}-{step}); likely causes: {', '.join(causes)}, or NaN/inf in the data or the "
-            f"teacher's outputs. Lower the learning rates or raise the temperature (each bad step was skipped; "
-            f"max_bad_steps={cfg.max_bad_steps} in a row stop the run)")
-
     def _teacher_lr_said(self) -> str:
         """The teacher's learning rate as the run set it, for an error message."""
         cfg, optimizer = self.config, self.state.teacher_optimizer
@@ -369,3 +295,6 @@ class MetaStepMixin:
         if self.config.pilot_lr == "student":
             return f"{self.pilot_lr():g} (pilot_lr: student, the student's current lr)"
         return f"{self.pilot_lr():g} (pilot_lr)"
+
+
+__all__ = ["MetaStep", "NumericalError", "fp16_overflow", "meta_gradient"]

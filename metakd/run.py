@@ -87,6 +87,55 @@ def _models(run: RunConfig, cfg: DistillConfig, splits: dict[str, Any], num_labe
     return splits, teacher, tokenizer, student, student_tokenizer
 
 
+def _check_before_loading(run: RunConfig, cfg: DistillConfig, dist: Any, resume: bool, resume_if_present: bool,
+                          overwrite: bool) -> bool:
+    """What ``distill`` checks before any model or data loads; returns whether it resumes."""
+    from .outputs import resume_decision
+    from .step_log import check_report_to
+
+    check_run(run)
+    check_report_to(cfg.report_to)  # a missing tensorboard fails before anything loads
+    resume = resume_decision(run.output, resume, resume_if_present, overwrite)
+    dist.barrier()  # every process decided before the main one writes anything there
+    if run.teacher.startswith("new:") and not (run.teacher_dir / "config.json").is_file():
+        raise ConfigError(f"teacher {run.teacher!r} is trained from scratch: run `metakd finetune-teacher` first "
+                          f"(it saves to {run.teacher_dir})")
+    return resume
+
+
+def _result(run: RunConfig, d: Any, history: dict[str, Any], measured: Any, teacher_before: dict[str, float],
+            eval_data: Any, splits: dict[str, Any]) -> dict[str, Any]:
+    """``metrics.json`` of a distillation run, less its history (and the teacher's warning)."""
+    from .evaluate import generation_speed
+
+    cfg = d.config
+    result: dict[str, Any] = {
+        "run": run.to_dict(), "student": history["eval"][-1], "teacher_before": teacher_before,
+        # plain KD leaves the teacher as it was: no second evaluation
+        "teacher_after": (teacher_before if cfg.meta_update == "none" else d.evaluate(eval_data, model="teacher")),
+        "train": _train_time(measured, d),
+        "steps": len(history["train"]), "trainable_teacher_params": d.trainable_teacher_parameters(),
+        # validation_fraction > 0: the best-validation point (its step, validation and eval scores) beside the last
+        "best_validation": history.get("best"),
+        "student_params": sum(p.numel() for p in d.student.parameters()),
+        "trainable_student_params": sum(p.numel() for p in d.student_params),
+    }
+    if history.get("teacher_guard"):
+        result["teacher_guard"] = history["teacher_guard"]
+    if cfg.meta_update != "none" and run.task == "classification":
+        before, after = result["teacher_before"]["accuracy"], result["teacher_after"]["accuracy"]
+        if after < before:  # never hand back a worse teacher without saying so
+            _log(f"the meta-updated teacher ends at {100 * after:.2f}% on the evaluation data, "
+                 f"{100 * (before - after):.2f} points below the {100 * before:.2f}% it started at")
+    if run.task == "causal_lm":
+        prompts = torch.stack([eval_data[i]["input_ids"][:8] for i in range(min(4, len(eval_data)))])
+        result["student_generation"] = generation_speed(d.student, prompts, run.generation_tokens)
+        result["teacher_generation"] = generation_speed(d.teacher, prompts, run.generation_tokens)
+    if "label_names" in splits:
+        result["label_names"] = splits["label_names"]
+    return result
+
+
 def distill(run: RunConfig, progress: bool = True, resume: bool = False, *, resume_if_present: bool = False,
             overwrite: bool = False) -> dict[str, Any]:
     """Distil as configured: returns (and writes to ``output/metrics.json``) the student's and the
@@ -102,24 +151,13 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False, *, resu
     shows progress and writes files, and the others wait for it."""
     from .distiller import MetaDistiller
     from .distributed import Dist
-    from .evaluate import generation_speed
     from .label_names import set_label_names
     from .telemetry import EnergyMeter, measure
 
     dist = Dist.from_env()  # before any model loads: it picks this process's GPU
     progress = progress and dist.is_main
     cfg = run.distill.replace(progress=progress and run.distill.progress)
-    check_run(run)
-    from .step_log import check_report_to
-
-    check_report_to(cfg.report_to)  # a missing tensorboard fails before anything loads
-    from .outputs import resume_decision
-
-    resume = resume_decision(run.output, resume, resume_if_present, overwrite)
-    dist.barrier()  # every process decided before the main one writes anything there
-    if run.teacher.startswith("new:") and not (run.teacher_dir / "config.json").is_file():
-        raise ConfigError(f"teacher {run.teacher!r} is trained from scratch: run `metakd finetune-teacher` first "
-                          f"(it saves to {run.teacher_dir})")
+    resume = _check_before_loading(run, cfg, dist, resume, resume_if_present, overwrite)
     splits = load_data(run)
     num_labels = label_count(run, splits)
     splits, teacher, tokenizer, student, student_tokenizer = _models(run, cfg, splits, num_labels, dist,
@@ -135,30 +173,7 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False, *, resu
     with measure(energy=EnergyMeter()) as m:
         history = d.fit(encoded["train"], eval_data=encoded["eval"], checkpoint_dir=Path(run.output) / "checkpoint",
                         resume=resume, log_dir=run.output)
-    result: dict[str, Any] = {
-        "run": run.to_dict(), "student": history["eval"][-1], "teacher_before": teacher_before,
-        # plain KD leaves the teacher as it was: no second evaluation
-        "teacher_after": (teacher_before if cfg.meta_update == "none" else d.evaluate(encoded["eval"], model="teacher")),
-        "train": _train_time(m, d),
-        "steps": len(history["train"]), "trainable_teacher_params": d.trainable_teacher_parameters(),
-        # validation_fraction > 0: the best-validation point (its step, validation and eval scores) beside the last
-        "best_validation": history.get("best"),
-        "student_params": sum(p.numel() for p in d.student.parameters()),
-        "trainable_student_params": sum(p.numel() for p in d.student_params),
-    }
-    if history.get("teacher_guard"):
-        result["teacher_guard"] = history["teacher_guard"]
-    if cfg.meta_update != "none" and run.task == "classification":
-        before, after = result["teacher_before"]["accuracy"], result["teacher_after"]["accuracy"]
-        if after < before:  # never hand back a worse teacher without saying so
-            _log(f"the meta-updated teacher ends at {100 * after:.2f}% on the evaluation data, "
-                 f"{100 * (before - after):.2f} points below the {100 * before:.2f}% it started at")
-    if run.task == "causal_lm":
-        prompts = torch.stack([encoded["eval"][i]["input_ids"][:8] for i in range(min(4, len(encoded["eval"])))])
-        result["student_generation"] = generation_speed(d.student, prompts, run.generation_tokens)
-        result["teacher_generation"] = generation_speed(d.teacher, prompts, run.generation_tokens)
-    if "label_names" in splits:
-        result["label_names"] = splits["label_names"]
+    result = _result(run, d, history, m, teacher_before, encoded["eval"], splits)
     if teacher_warning:
         result["teacher_warning"] = teacher_warning
     result["saved"] = str(Path(run.output) / "distilled")

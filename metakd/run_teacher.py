@@ -18,6 +18,34 @@ from .run_data import align_label_names, encode_splits, label_count, teacher_tra
 from .run_models import base_teacher_source, check_run, load_teacher
 
 
+def _teacher_to_train(run: RunConfig, splits: dict[str, Any], num_labels: int | None) -> tuple[Any, Any]:
+    """The model and tokenizer ``finetune_teacher`` trains: a new causal LM with a BPE tokenizer
+    trained on the training split (``new:ARCH``), or the base teacher loaded."""
+    if run.teacher.startswith("new:"):
+        from .scratch import new_causal_lm, train_bpe_tokenizer
+
+        sizes = dict(run.teacher_config)
+        vocab = int(sizes.pop("tokenizer_vocab", 4096))
+        _log(f"training a {vocab}-entry BPE tokenizer on {len(splits['train'])} documents")
+        tokenizer = train_bpe_tokenizer(splits["train"], vocab)
+        return new_causal_lm(run.teacher.partition(":")[2], tokenizer, seed=run.distill.seed, **sizes), tokenizer
+    return load_teacher(run, num_labels, source=base_teacher_source(run))
+
+
+def _save_teacher(model: Any, tokenizer: Any, target: Path, report: dict[str, Any],
+                  label_names: list[str] | None) -> None:
+    """The fine-tuned teacher, its tokenizer and its record in ``target``, all or nothing."""
+    from .label_names import set_label_names
+    from .teacher_cache import RECORD
+
+    if label_names is not None:
+        set_label_names(model, label_names)
+    with atomic_directory(target) as tmp:  # a kill mid-save never leaves a half-written teacher to pick up
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / RECORD).write_text(json.dumps(report, indent=2, default=str))
+
+
 def finetune_teacher(run: RunConfig, progress: bool = True, *, why: str | None = None,
                      data_reported: bool = False) -> dict[str, Any]:
     """Fine-tune (or, for ``new:ARCH``, train from scratch) the teacher on the task's training
@@ -37,7 +65,6 @@ def finetune_teacher(run: RunConfig, progress: bool = True, *, why: str | None =
     import shutil
 
     from .finetune import REPORT_SECONDS, cache_key, finetune_classifier, step_plan
-    from .label_names import set_label_names
     from .teacher_cache import RECORD, cached_teacher, copy_teacher, store_teacher, teacher_origin
     from .telemetry import measure
 
@@ -63,16 +90,7 @@ def finetune_teacher(run: RunConfig, progress: bool = True, *, why: str | None =
     if why:
         _log(f"{why}: fine-tuning it first (as `metakd finetune-teacher` does; saved to {run.teacher_dir} and "
              "reused)")
-    if run.teacher.startswith("new:"):
-        from .scratch import new_causal_lm, train_bpe_tokenizer
-
-        sizes = dict(run.teacher_config)
-        vocab = int(sizes.pop("tokenizer_vocab", 4096))
-        _log(f"training a {vocab}-entry BPE tokenizer on {len(splits['train'])} documents")
-        tokenizer = train_bpe_tokenizer(splits["train"], vocab)
-        model = new_causal_lm(run.teacher.partition(":")[2], tokenizer, seed=run.distill.seed, **sizes)
-    else:
-        model, tokenizer = load_teacher(run, num_labels, source=base_teacher_source(run))
+    model, tokenizer = _teacher_to_train(run, splits, num_labels)
     encoded = encode_splits(run, splits, tokenizer)
     train = encoded["train"]
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
@@ -94,12 +112,7 @@ def finetune_teacher(run: RunConfig, progress: bool = True, *, why: str | None =
     warning = log_collapse_warning(run, scores, encoded["eval"])
     if warning:
         report["warning"] = warning
-    if "label_names" in splits:
-        set_label_names(model, splits["label_names"])
-    with atomic_directory(target) as tmp:  # a kill mid-save never leaves a half-written teacher to pick up
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
-        (tmp / RECORD).write_text(json.dumps(report, indent=2, default=str))
+    _save_teacher(model, tokenizer, target, report, splits.get("label_names"))
     shutil.rmtree(checkpoints, ignore_errors=True)
     _log(f"fine-tuned teacher saved to {target} and cached in {store_teacher(target, origin)}")
     return report

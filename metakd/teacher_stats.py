@@ -78,7 +78,7 @@ class TeacherTracker:
 
     def _logits(self) -> tuple[torch.Tensor, torch.Tensor]:
         d = self.distiller
-        return teacher_logits(d.teacher, self.data, d.config.eval_batch_size, d._pad_ids(), d.device)
+        return teacher_logits(d.teacher, self.data, d.config.eval_batch_size, d.pad_ids(), d.device)
 
     def stats(self) -> dict[str, float]:
         """The teacher's current figures (plain KD: the teacher is frozen, scored once)."""

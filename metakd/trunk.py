@@ -5,7 +5,7 @@ which never learn when ``teacher_layers`` is not "all"). Its weights never chang
 
 - it runs under ``torch.no_grad()``: no activations are kept for it and the teacher backward of
   the meta-step stops at its output; the caller runs it in the teacher's autocast
-  (``MetaStepMixin._run_trunk``), so the replayed outputs are those of a plain teacher forward;
+  (``MetaStep.run_trunk``), so the replayed outputs are those of a plain teacher forward;
 - its output on a batch is computed once per meta-step (:meth:`FrozenTrunk.run`) and replayed
   (:meth:`FrozenTrunk.reused`) in the teacher forward attached to φ and, with ``pilot="restore"``,
   in the second teacher forward after the teacher step: only the learning blocks (and the head)

@@ -54,7 +54,7 @@ def test_meta_step_teacher_runs_in_one_autocast_with_a_frozen_trunk(arch):
     last = d.trunk.start - 1
     batch, quiz = make_batch(0), make_batch(1)
     trunks, seen = [], []
-    real_outputs, real_trunk = d.teacher_outputs, d._run_trunk
+    real_outputs, real_trunk = d.meta_step.teacher_outputs, d.meta_step.run_trunk
 
     def recording(*args, **kwargs):
         out = real_outputs(*args, **kwargs)
@@ -73,9 +73,9 @@ def test_meta_step_teacher_runs_in_one_autocast_with_a_frozen_trunk(arch):
 
     want_trunk = _block_output(d, batch, last)
     before = plain()
-    d.teacher_outputs, d._run_trunk = recording, recording_trunk
+    d.meta_step.teacher_outputs, d.meta_step.run_trunk = recording, recording_trunk
     d.step(batch, quiz)
-    del d.teacher_outputs, d._run_trunk
+    del d.meta_step.teacher_outputs, d.meta_step.run_trunk
     after = plain()
     assert len(trunks) == 1 and len(seen) == 2 and before.dtype == torch.bfloat16
     got = trunks[0].outputs[last]
@@ -197,7 +197,7 @@ def test_the_teacher_schedule_counts_teacher_steps(changes, meta_steps, warmup):
 
 def test_a_skipped_meta_step_still_counts_in_the_teacher_schedule():
     d = _scheduled(9, meta_every=2, teacher_lr_schedule="linear")
-    real, calls = d.meta_gradient, [0]
+    real, calls = d.meta_step.meta_gradient, [0]
 
     def second_is_nan(*args, **kwargs):
         result = real(*args, **kwargs)
@@ -206,7 +206,7 @@ def test_a_skipped_meta_step_still_counts_in_the_teacher_schedule():
             result.phi_grads = [torch.full_like(g, float("nan")) for g in result.phi_grads]
         return result
 
-    d.meta_gradient = second_is_nan
+    d.meta_step.meta_gradient = second_is_nan
     from tests.test_checkpoint import EXAMPLES
 
     train = d.fit(EXAMPLES)["train"]

@@ -145,7 +145,7 @@ def test_fp16_meta_gradient_with_the_loss_scale_stays_close_to_fp32(backend):
             ref = _flat(meta_gradient(backend, _problem(d, batch, quiz)).phi_grads)
             d = _distiller("bert", backend, dtype=torch.float32, feature_layers=features, precision="fp16")
             got = _flat(meta_gradient(backend, _problem(d, batch, quiz, autocast=d.autocast,
-                                                        loss_scale=d._loss_scale())).phi_grads)
+                                                        loss_scale=d.meta_step.bad.loss_scale())).phi_grads)
             cosine = float(torch.nn.functional.cosine_similarity(got, ref, dim=0))
             print(f"bert {backend} seed {seed} features={bool(features)}: cosine(fp16 scaled, fp32) = {cosine:.5f}")
             assert cosine >= 0.99

@@ -133,7 +133,7 @@ def test_frozen_weights_stay_bit_identical_and_trunk_runs_once(arch, mode):
         d = _distiller(teacher, student, mode, "jvp", teacher_layers="top:1", feature_layers={1: 1},
                        feature_weight=0.5)
         if not trunk:
-            d.trunk = None
+            d.meta_step.trunk = None  # the step runs the trunk blocks with the rest
         return d
 
     d, plain = build(True), build(False)
@@ -170,7 +170,7 @@ def test_teacher_checkpointing_with_top_layers_agrees():
     d.meta_gradient(batch, quiz)
     plain = list(counts)
     d.config.teacher_checkpointing = True
-    d.teacher_blocks = find_layer_list(d.teacher)[0]
+    d.meta_step.teacher_blocks = find_layer_list(d.teacher)[0]
     got = d.meta_gradient(batch, quiz).phi_grads
     assert _max_rel_err(got, want) <= 1e-10
     checkpointed = [after - 2 * before for after, before in zip(counts, plain)]  # the second call's runs, less the first's

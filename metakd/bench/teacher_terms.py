@@ -120,7 +120,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     for (label, _), d in zip(CONFIGURATIONS, ds):
         if label.endswith(SEEN):  # an earlier epoch met these examples: their initial logits are kept
             for batch in batches:
-                d._initial_teacher_logits(batch, None)
+                d.meta_step.initial_teacher_logits(batch, None)
     rows: list[list[dict[str, float]]] = [[] for _ in CONFIGURATIONS]
     load_start = _load()
     start = time.perf_counter()
