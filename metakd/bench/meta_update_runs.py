@@ -130,7 +130,9 @@ def comparisons(configs: list[Configuration]) -> list[tuple[str, str]]:
 class _TakingTurns(MetaDistiller):
     """A MetaDistiller whose every step waits for its turn (``lockstep.Turns``)."""
 
-    turns: Turns | None = None
+    def __init__(self, *args: Any, turns: Turns | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.turns = turns
 
     def step(self, batch, quiz_batch=None):  # noqa: D102 - MetaDistiller.step
         if self.turns is not None:
@@ -167,8 +169,7 @@ def run_mode(spec: dict[str, Any]) -> dict[str, Any]:
     student_before = evaluate_model(student, held_out, pad=pad, side="student")
 
     timer = PhaseTimer(next(student.parameters()).device, memory=True, energy=EnergyMeter())
-    distiller = _TakingTurns(teacher, student, cfg, timer=timer)
-    distiller.turns = turns
+    distiller = _TakingTurns(teacher, student, cfg, timer=timer, turns=turns)
     with measure(energy=EnergyMeter()) as m:
         history = distiller.fit(train)
     timer.close()
