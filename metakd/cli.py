@@ -79,17 +79,10 @@ def _guard(fn, debug: bool = False) -> int:
 
 
 def _run_command(args: argparse.Namespace) -> int:
-    if not args.no_progress:
-        return _run_command_body(args)
-    from transformers.utils import logging as hf_logging
+    from .messages import hub_progress_bars
 
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # transformers' own bars too ("Loading weights", "Writing model shards")
-    try:
+    with hub_progress_bars(not args.no_progress):  # Hugging Face's own bars too ("Loading weights", ...)
         return _run_command_body(args)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _run_command_body(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ import torch
 
 from . import data as data_mod
 from .config import ConfigError, DistillConfig
-from .messages import log as _log
+from .messages import hub_progress_bars, log as _log
 from .run_config import FINETUNE_KEYS, RunConfig, apply_overrides, yaml_problem
 from .run_data import align_label_names, encode_splits, label_count, load_data
 from .run_models import (NEW_ARCHS, base_teacher_source, build_student, check_num_labels, check_run, derived_student,
@@ -149,15 +149,22 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False, *, resu
     Launched on several processes (``accelerate launch``/``torchrun``) the training is
     data-parallel (``metakd.distributed``); every process trains and evaluates, only the main one
     shows progress and writes files, and the others wait for it."""
-    from .distiller import MetaDistiller
     from .distributed import Dist
-    from .label_names import set_label_names
-    from .telemetry import EnergyMeter, measure
 
     dist = Dist.from_env()  # before any model loads: it picks this process's GPU
     progress = progress and dist.is_main
     cfg = run.distill.replace(progress=progress and run.distill.progress)
     resume = _check_before_loading(run, cfg, dist, resume, resume_if_present, overwrite)
+    with hub_progress_bars(progress):  # no "Loading weights" / "Writing model shards" bars where metakd shows none
+        return _distill(run, cfg, dist, progress, resume)
+
+
+def _distill(run: RunConfig, cfg: DistillConfig, dist: Any, progress: bool, resume: bool) -> dict[str, Any]:
+    """``distill`` once its checks passed: load, train, evaluate, save."""
+    from .distiller import MetaDistiller
+    from .label_names import set_label_names
+    from .telemetry import EnergyMeter, measure
+
     splits = load_data(run)
     num_labels = label_count(run, splits)
     splits, teacher, tokenizer, student, student_tokenizer = _models(run, cfg, splits, num_labels, dist,

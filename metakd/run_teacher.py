@@ -12,7 +12,7 @@ from typing import Any
 from . import data as data_mod
 from .atomic import atomic_directory
 from .config import ConfigError
-from .messages import log as _log
+from .messages import hub_progress_bars, log as _log
 from .run_config import RunConfig
 from .run_data import align_label_names, encode_splits, label_count, teacher_training_split
 from .run_models import base_teacher_source, check_run, load_teacher
@@ -62,6 +62,11 @@ def finetune_teacher(run: RunConfig, progress: bool = True, *, why: str | None =
     ``why``: why the caller (``distill``) fine-tunes, said together with what happens (the
     fine-tuning, or the reuse of a cached teacher). ``data_reported``: the caller has read the data
     and said so; it is read again quietly."""
+    with hub_progress_bars(progress):  # no "Loading weights" / "Writing model shards" bars where metakd shows none
+        return _finetune_teacher(run, progress, why, data_reported)
+
+
+def _finetune_teacher(run: RunConfig, progress: bool, why: str | None, data_reported: bool) -> dict[str, Any]:
     import shutil
 
     from .finetune import REPORT_SECONDS, cache_key, finetune_classifier, step_plan

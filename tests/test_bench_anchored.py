@@ -60,6 +60,8 @@ def test_one_seed_end_to_end(tmp_path):
                            "--cells", "teacher_anchor_weight=1", "--jobs", "2", "--threads", "1", "--no-progress",
                            "--name", "a", "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    for bar in ("Loading weights", "Writing model shards"):  # the workers' Hugging Face bars are off too
+        assert bar not in proc.stderr + proc.stdout
     payload = json.loads((out / "a.json").read_text())
     assert payload["grid_seed"] == 0 and payload["seeds"] == [1]
     assert [r["seed"] for r in payload["grid"]] == [0] and payload["chosen"]["teacher_anchor_weight"] == 1

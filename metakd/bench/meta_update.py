@@ -23,7 +23,6 @@ phase, from ``telemetry.PhaseTimer``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
@@ -37,6 +36,7 @@ import torch
 from .. import data as data_mod
 from ..config import DistillConfig
 from ..data.hub import hub_status
+from ..messages import hub_progress_bars
 from .meta_update_report import (build_table, figure_sources, learning_notes, measured_flags, per_seed_table,
                                  phase_table, plot, ratio_table, savings, summarize, timing_ratios)
 from .meta_update_runs import (COMPARISONS, MODE_LABELS, MODES, NAME, WORKER, Configuration, comparisons,
@@ -178,36 +178,6 @@ def load_data(args: argparse.Namespace) -> dict[str, Any]:
                                                     f"embedded generated task's easy mix ({AUTO_EMBEDDED}) is used")
         print(args.data_note, file=sys.stderr, flush=True)
         return data_mod.load_task(args.data, s["n_train"], s["n_eval"], args.seed)
-
-
-@contextlib.contextmanager
-def hub_progress_bars(enabled: bool, datasets_too: bool = False):
-    """Hugging Face's own progress bars (transformers' "Loading weights" and "Writing model shards",
-    huggingface_hub's downloads, and with ``datasets_too`` those of ``datasets``) off unless
-    ``enabled``; restored as they were afterwards."""
-    if enabled:
-        yield
-        return
-    from huggingface_hub import utils as hub_utils
-    from transformers.utils import logging as hf_logging
-
-    restore = []
-    if hf_logging.is_progress_bar_enabled():
-        restore.append(hf_logging.enable_progress_bar)
-    if not hub_utils.are_progress_bars_disabled():
-        restore.append(hub_utils.enable_progress_bars)
-    hf_logging.disable_progress_bar()  # transformers' bars, and huggingface_hub's
-    if datasets_too:
-        from datasets.utils import logging as ds_logging
-
-        if ds_logging.is_progress_bar_enabled():
-            restore.append(ds_logging.enable_progress_bar)
-        ds_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for undo in restore:
-            undo()
 
 
 def _from_hub(data: str) -> bool:

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..messages import hub_progress_bars
 from . import sweep
 from .report import run_worker
 
@@ -149,9 +150,10 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
-    with tempfile.TemporaryDirectory(prefix="metakd-quality-") as tmp:
+    progress = spec.get("progress", True)
+    with tempfile.TemporaryDirectory(prefix="metakd-quality-") as tmp, hub_progress_bars(progress):
         run = RunConfig.from_dict(dict(spec["run"], output=tmp))
-        result = distill(run, progress=spec.get("progress", True))
+        result = distill(run, progress=progress)
         history = json.loads((Path(tmp) / "metrics.json").read_text())["history"]
         if spec.get("keep_teacher") and run.distill.meta_update != "none":
             export_teacher(run, Path(tmp) / "distilled", Path(spec["keep_teacher"]))
