@@ -156,10 +156,10 @@ def distill(run: RunConfig, progress: bool = True, resume: bool = False, *, resu
     cfg = run.distill.replace(progress=progress and run.distill.progress)
     resume = _check_before_loading(run, cfg, dist, resume, resume_if_present, overwrite)
     with hub_progress_bars(progress):  # no "Loading weights" / "Writing model shards" bars where metakd shows none
-        return _distill(run, cfg, dist, progress, resume)
+        return _load_train_save(run, cfg, dist, progress, resume)
 
 
-def _distill(run: RunConfig, cfg: DistillConfig, dist: Any, progress: bool, resume: bool) -> dict[str, Any]:
+def _load_train_save(run: RunConfig, cfg: DistillConfig, dist: Any, progress: bool, resume: bool) -> dict[str, Any]:
     """``distill`` once its checks passed: load, train, evaluate, save."""
     from .distiller import MetaDistiller
     from .label_names import set_label_names

@@ -63,10 +63,10 @@ def finetune_teacher(run: RunConfig, progress: bool = True, *, why: str | None =
     fine-tuning, or the reuse of a cached teacher). ``data_reported``: the caller has read the data
     and said so; it is read again quietly."""
     with hub_progress_bars(progress):  # no "Loading weights" / "Writing model shards" bars where metakd shows none
-        return _finetune_teacher(run, progress, why, data_reported)
+        return _reuse_or_fine_tune(run, progress, why, data_reported)
 
 
-def _finetune_teacher(run: RunConfig, progress: bool, why: str | None, data_reported: bool) -> dict[str, Any]:
+def _reuse_or_fine_tune(run: RunConfig, progress: bool, why: str | None, data_reported: bool) -> dict[str, Any]:
     import shutil
 
     from .finetune import REPORT_SECONDS, cache_key, finetune_classifier, step_plan
