@@ -67,6 +67,7 @@ def finetune_teacher(run: RunConfig, progress: bool = True, *, why: str | None =
 
 
 def _reuse_or_fine_tune(run: RunConfig, progress: bool, why: str | None, data_reported: bool) -> dict[str, Any]:
+    """``finetune_teacher``'s work: the cached teacher copied, or the teacher fine-tuned, saved and cached."""
     import shutil
 
     from .finetune import REPORT_SECONDS, cache_key, finetune_classifier, step_plan
