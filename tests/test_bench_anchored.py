@@ -57,7 +57,8 @@ def test_arm_summary_pairs_every_arm_with_plain_kd_by_seed():
 def test_one_seed_end_to_end(tmp_path):
     out = tmp_path / "results"
     proc = subprocess.run([sys.executable, "-m", "metakd", "bench", "anchored", "--quick", "--seeds", "1",
-                           "--cells", "teacher_anchor_weight=1", "--jobs", "2", "--threads", "1", "--no-progress",
+                           "--cells", "teacher_anchor_weight=1,temperature=4", "--jobs", "2", "--threads", "1",
+                           "--no-progress",
                            "--name", "a", "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for bar in ("Loading weights", "Writing model shards"):  # the workers' Hugging Face bars are off too
@@ -73,5 +74,8 @@ def test_one_seed_end_to_end(tmp_path):
     assert anchored_run["teacher_guard"]["enabled"] and anchored_run["teacher_guard"]["start_accuracy"] is not None
     frozen = next(r for r in payload["results"] if r["kind"] == "frozen")
     assert frozen["teacher_before"]["accuracy"] == pytest.approx(anchored_run["teacher_after"]["accuracy"])
+    # the control distils with the anchored arm's loss (the cell's temperature), plain KD with the base one
+    assert frozen["temperature"] == anchored_run["temperature"] == 4.0
+    assert next(r for r in payload["results"] if r["kind"] == "none")["temperature"] == 2.0
     md = (out / "a.md").read_text()
     assert "not among the compared seeds" in md and "teacher_anchor_weight=1" in md

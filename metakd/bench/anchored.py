@@ -14,7 +14,8 @@ objective's weights, chosen on validation), with the frozen-final-teacher contro
    training data) is the anchored arm. Every cell is reported: values, validation accuracy, the
    teacher's accuracy after, guard trips.
 2. Main, per compared seed: plain KD, quiz-only (the same LoRA settings, quiz loss alone, guard off)
-   and the anchored arm; 3. the control: plain KD from each seed's final anchored teacher, frozen.
+   and the anchored arm; 3. the control: plain KD from each seed's final anchored teacher, frozen, with the
+   chosen cell's settings (the anchored arm's distillation loss: a recipe may set divergence and temperature).
 
 Reported: paired differences against plain KD (95% t-intervals over the compared seeds, the
 smallest difference detectable at 80% power), the teacher's accuracy before -> after, its
@@ -243,8 +244,10 @@ def _study(args, run, teacher: dict[str, Any], work: Path, timing: dict[str, flo
     t = time.perf_counter()
     controls = []
     if not args.no_control:
-        control_specs = [quality._spec(args, run, r["kept_teacher"], ARMS["frozen"], "frozen", "none", r["seed"], {})
-                         for r in main if r["kind"] == "anchored"]
+        # the chosen cell's settings in plain KD: the same distillation loss as the anchored arm (a recipe may set
+        # divergence and temperature), only the meta-update is off
+        control_specs = [quality._spec(args, run, r["kept_teacher"], ARMS["frozen"], "frozen", "none", r["seed"],
+                                       chosen["values"]) for r in main if r["kind"] == "anchored"]
         controls = quality.run_all(control_specs, args.jobs, "controls", args.keep_runs)
     timing["controls"] = time.perf_counter() - t
     results = main + controls
