@@ -58,7 +58,7 @@ def test_one_seed_end_to_end(tmp_path):
     out = tmp_path / "results"
     proc = subprocess.run([sys.executable, "-m", "metakd", "bench", "anchored", "--quick", "--seeds", "1",
                            "--cells", "teacher_anchor_weight=1,temperature=4", "--jobs", "2", "--threads", "1",
-                           "--no-progress",
+                           "--no-progress", "--set", "finetune.disjoint=true", "--set", "data_seed=0",
                            "--name", "a", "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for bar in ("Loading weights", "Writing model shards"):  # the workers' Hugging Face bars are off too
@@ -79,3 +79,5 @@ def test_one_seed_end_to_end(tmp_path):
     assert next(r for r in payload["results"] if r["kind"] == "none")["temperature"] == 2.0
     md = (out / "a.md").read_text()
     assert "not among the compared seeds" in md and "teacher_anchor_weight=1" in md
+    n = payload["teacher"]["n_train"]  # what the teacher trained on, counted, not the finetune.n_train setting
+    assert isinstance(n, int) and f"on {n} training examples outside the distillation's n_train pool" in md

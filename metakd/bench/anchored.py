@@ -269,8 +269,8 @@ def _study(args, run, teacher: dict[str, Any], work: Path, timing: dict[str, flo
         f"{d.validation_fraction:g}, carved by seed), evaluation on {'all' if run.n_eval is None else run.n_eval} "
         f"held-out examples; student {run.student}; teacher {run.teacher} fine-tuned once (cached), held-out accuracy "
         f"{(teacher.get('eval') or {}).get('accuracy', float('nan')):.4f}"
-        + (f", on {run.finetune['n_train'] or 'all the'} training examples outside the distillation's n_train pool "
-           "(finetune.disjoint)" if run.finetune.get("disjoint") else "")
+        + (f", on {teacher.get('n_train') or run.finetune['n_train'] or 'all the'} training examples outside the "
+           "distillation's n_train pool (finetune.disjoint)" if run.finetune.get("disjoint") else "")
         + (f"; the pool is one seeded subset for every seed (data_seed {run.data_seed})"
            if run.data_seed is not None else ""),
         f"schedule: {d.epochs} epoch(s)" + (f" capped at {d.max_steps} steps" if d.max_steps else "")

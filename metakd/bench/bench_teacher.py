@@ -36,7 +36,8 @@ def _tiny_teacher_dir(root: Path, num_labels: int) -> Path:
 
 def prepare_teacher(run, fine_tune: bool = True, progress: bool = True) -> dict[str, Any]:
     """Fine-tune the base run's teacher on its task once; cached under ``METAKD_CACHE`` by the
-    settings that shape it. Returns where the task teacher lies and how it scored."""
+    settings that shape it. Returns where the task teacher lies, how it scored and how many training
+    examples it fine-tuned on (``n_train``; None for a teacher used as it is)."""
     from ..finetune import cache_dir, cache_key
     from ..run import finetune_teacher, label_count, load_data
     from ..teacher_cache import finetune_identity
@@ -45,7 +46,7 @@ def prepare_teacher(run, fine_tune: bool = True, progress: bool = True) -> dict[
     if not fine_tune:
         if run.teacher == "tiny" or run.teacher.startswith("new:"):
             raise ConfigError(f"--no-finetune needs a trained teacher; {run.teacher!r} is trained by the sweep")
-        return {"teacher_dir": run.teacher, "cached": False, "seconds": 0.0, "eval": None}
+        return {"teacher_dir": run.teacher, "cached": False, "seconds": 0.0, "eval": None, "n_train": None}
     key = cache_key(kind="sweep-teacher", version=TEACHER_CACHE_VERSION, teacher=run.teacher, task=run.task,
                     data=run.data, text_column=run.text_column, label_column=run.label_column,
                     n_train=run.finetune["n_train"] or run.n_train, n_eval=run.n_eval,
@@ -60,7 +61,7 @@ def prepare_teacher(run, fine_tune: bool = True, progress: bool = True) -> dict[
     if report_path.is_file():
         report = json.loads(report_path.read_text())
         return {"teacher_dir": str(target / "teacher"), "cached": True, "seconds": time.perf_counter() - start,
-                "eval": report.get("eval")}
+                "eval": report.get("eval"), "n_train": report.get("n_train")}
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
     try:
@@ -80,7 +81,7 @@ def prepare_teacher(run, fine_tune: bool = True, progress: bool = True) -> dict[
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return {"teacher_dir": str(target / "teacher"), "cached": False, "seconds": time.perf_counter() - start,
-            "eval": report["eval"]}
+            "eval": report["eval"], "n_train": report.get("n_train")}
 
 
 __all__ = ["TEACHER_CACHE_VERSION", "prepare_teacher"]
