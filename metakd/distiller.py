@@ -214,12 +214,12 @@ class MetaDistiller:
     # ------------------------------------------------------------------ training
     @property
     def config(self) -> DistillConfig:
+        """The run's settings. Setting a changed one for the next ``fit`` (``d.config =
+        d.config.replace(max_steps=...)``) validates it and hands it to the meta-step and the training state."""
         return self._config
 
     @config.setter
     def config(self, config: DistillConfig) -> None:
-        """A changed config for the next ``fit`` (e.g. ``d.config.replace(max_steps=...)``): validated,
-        and what steps and counts the run (the meta-step, the training state) sees it too."""
         config.validate()
         self._config = self.state.config = self.meta_step.config = config
 
@@ -254,6 +254,14 @@ class MetaDistiller:
     def pilot_lr(self) -> float:
         """The pilot step's size: ``pilot_lr``, or the student's current learning rate ("student")."""
         return self.meta_step.pilot_lr()
+
+    def meta_batch(self, batch: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The rows of ``batch`` the meta-gradient uses (the first ``meta_batch_size``)."""
+        return self.meta_step.meta_batch(batch)
+
+    def teacher_learns(self) -> bool:
+        """Whether the teacher learns at the next step: past ``meta_start`` and not stopped by the guard."""
+        return self.meta_step.teacher_learns()
 
     def fit(self, train_data: Any, quiz_data: Any = None, eval_data: Any = None,
             checkpoint_dir: str | Path | None = None, resume: bool = False,

@@ -17,10 +17,12 @@ from .test_numerical_guards import _distiller, _poison_teacher
 
 
 def test_the_distiller_owns_its_parts_and_mixes_nothing_in():
-    d = _distiller("lora")
+    d = _distiller("lora", meta_batch_size=2, meta_start=1)
     assert MetaDistiller.__mro__ == (MetaDistiller, object)
     assert isinstance(d.meta_step, MetaStep) and isinstance(d.state, TrainingState)
     assert d.meta_step.state is d.state  # one training state, advanced by the step
+    assert d.meta_batch(make_batch(0))["labels"].shape[0] == 2  # the public names of the step, kept
+    assert not d.teacher_learns()  # meta_start=1: not at step 0
     before = d.steps_done
     d.step(make_batch(0), make_batch(1))
     assert d.steps_done == d.state.steps_done == before + 1

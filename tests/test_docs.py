@@ -211,6 +211,11 @@ def check_command(cmd: list[str], capsys) -> None:
             return
         if cmd[1:3] == ["-m", "venv"]:
             return
+        if cmd[1].startswith("results/runs/") and cmd[1].endswith(".py"):  # a study's one-off script, kept with its runs
+            script = ROOT / cmd[1]
+            assert script.is_file(), f"{line!r}: {cmd[1]} does not exist"
+            compile(script.read_text(), str(script), "exec")
+            return
     if cmd[0] == "pip" and len(cmd) > 1 and cmd[1] == "install":
         for spec in cmd[2:]:
             m = re.match(r"^\.\[([\w,]+)\]$", spec)
